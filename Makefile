@@ -1,0 +1,32 @@
+# Two commands: `make demo` (main job on the bundled data) and `make test`.
+# Both create .venv when it is missing and install segaudit into it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU build of torch unless a GPU is present; override TORCH_SPEC / TORCH_INDEX for other builds.
+TORCH_SPEC ?= torch==2.13.0 torchvision==0.28.0
+TORCH_INDEX ?=
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench clean-venv
+
+$(BIN)/.segaudit-installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+	$(BIN)/pip install -q -e '.[dev]'
+	@if ! command -v nvidia-smi >/dev/null 2>&1 && $(BIN)/pip list 2>/dev/null | grep -qiE '^(nvidia-|triton)'; then \
+	  echo "error: CUDA packages were installed on a machine without a GPU; rerun with TORCH_INDEX=https://download.pytorch.org/whl/cpu after 'make clean-venv'" >&2; exit 1; fi
+	@touch $@
+
+demo: $(BIN)/.segaudit-installed
+	$(BIN)/segaudit demo --out reports/demo --force
+
+test: $(BIN)/.segaudit-installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(BIN)/.segaudit-installed
+	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,166 @@
+"""The ``segaudit`` command line: thin sub-commands over the Python API.
+
+Every bad input ends as one line ``error: <what to do>`` on stderr and exit code 2; Ctrl-C exits 130.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import SegauditError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        raise SegauditError(f"{message} (see '{self.prog} --help')")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", metavar="DIR", help="a trained model folder (save_pretrained) or checkpoint")
+    g.add_argument("--arch", default="unet", help="architecture when no --model is given (default: unet)")
+    g.add_argument("--encoder", default="resnet18", help="smp encoder (default: resnet18)")
+
+
+def _add_data_args(p: argparse.ArgumentParser, size: int = 64) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="nuclei", metavar="NAME|DIR", help="bundled dataset name or folder with images/ and masks/")
+    g.add_argument("--classes", type=int, help="number of classes when the folder has no classes.json")
+    g.add_argument("--size", type=int, default=size, help=f"image size in pixels (default: {size})")
+
+
+def _add_out_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--out", metavar="DIR", required=default is None, default=default, help="output folder")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
+
+
+def _model_and_data(args):
+    """Load the dataset and the model (trained, or freshly built for the data's channels and classes)."""
+    from .data import load_dataset
+    from .models import build_model, load_model
+
+    data = load_dataset(args.data, classes=args.classes)
+    if args.model:
+        model = load_model(args.model)
+    else:
+        model = build_model(args.arch, encoder=args.encoder, in_channels=data.channels, classes=len(data.class_names))
+    return model, data
+
+
+def cmd_train(args) -> int:
+    from .data import load_dataset
+    from .io import atomic_dir, check_out_dir, write_json
+    from .models import build_model, save_model
+    from .train import train_model
+
+    out = check_out_dir(args.out, args.force)
+    data = load_dataset(args.data, classes=args.classes)
+    model = build_model(args.arch, encoder=args.encoder, in_channels=data.channels, classes=len(data.class_names))
+    result = train_model(model, data, size=args.size, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         seed=args.seed, progress=not args.quiet)
+    with atomic_dir(out) as tmp:
+        save_model(result.model, tmp / "model")
+        write_json(tmp / "train.json", result.summary())
+    print(f"held-out Dice {result.dice:.3f}  IoU {result.iou:.3f}  ({result.steps} steps, {result.seconds:.0f} s) -> {out / 'model'}")
+    return 0
+
+
+def cmd_update(args) -> int:
+    from .data import make_batch
+    from .fl import client_update
+    from .updates import save_update
+
+    model, data = _model_and_data(args)
+    batch = make_batch(data, list(range(args.batch_size)), size=args.size, seed=args.seed, fit="crop")
+    update = client_update(model, batch, mode=args.mode, local_steps=args.local_steps, lr=args.lr, loss=args.loss)
+    path = save_update(update, args.out, force=args.force)
+    print(f"{update.kind} of {len(update.tensors)} tensors, norm {update.norm():.4g} -> {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    out = run_demo(args.out, quick=args.quick, force=args.force, progress=not args.quiet)
+    print(f"demo written to {out}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .data import BUNDLED
+    from .models import available_archs
+
+    for kind, names in available_archs().items():
+        print(f"{kind} architectures: {', '.join(names)}")
+    print(f"bundled datasets: {', '.join(sorted(BUNDLED))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="segaudit", description=__doc__.splitlines()[0])
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    quiet = _Parser(add_help=False)
+    quiet.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:  # every command also takes --quiet
+        return sub.add_parser(name, help=help, description=help, parents=[quiet])
+
+    p = command("train", "train a segmentation model on CPU and save it (save_pretrained)")
+    p.add_argument("--arch", default="unet")
+    p.add_argument("--encoder", default="resnet18")
+    _add_data_args(p)
+    p.add_argument("--steps", type=int, default=300, help="optimiser steps (default: 300)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    _add_out_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = command("update", "simulate one client's update and save it as safetensors")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--mode", choices=("fedsgd", "fedavg"), default="fedsgd")
+    p.add_argument("--local-steps", type=int, default=1)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--loss", choices=("ce", "dice_ce"), default="ce")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="FILE", required=True, help="output .safetensors file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(func=cmd_update)
+
+    p = command("demo", "the main job on the bundled data, written under reports/demo/")
+    _add_out_args(p, default="reports/demo")
+    p.add_argument("--quick", action="store_true", help="a small budget for a first look")
+    p.set_defaults(func=cmd_demo)
+
+    p = command("info", "list architectures and bundled datasets")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
+    except SegauditError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-written was kept", file=sys.stderr)
+        return 130
+    except Exception as e:  # an unexpected failure still gets one line; the traceback only on request
+        if os.environ.get("SEGAUDIT_DEBUG"):
+            raise
+        msg = " ".join(str(e).split())[:300]
+        print(f"error: unexpected {type(e).__name__}: {msg} (rerun with SEGAUDIT_DEBUG=1 for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

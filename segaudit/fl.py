@@ -1,0 +1,106 @@
+"""Simulate what a federated client shares: FedSGD gradients or FedAvg weight deltas."""
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .errors import SegauditError
+from .losses import LOSSES, task_loss
+from .types import Batch, ClientUpdate, UpdateMeta
+
+
+def trainable_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters that receive gradients, by name (the keys of every ``ClientUpdate``)."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def client_update(
+    model: nn.Module,
+    batch: Batch,
+    mode: Literal["fedsgd", "fedavg"] = "fedsgd",
+    loss: str = "ce",
+    reduction: Literal["mean", "sum"] = "mean",
+    local_steps: int = 1,
+    lr: float = 0.01,
+    local_batch_size: int | None = None,
+    train_mode: bool = True,
+    share_buffers: bool = True,
+) -> ClientUpdate:
+    """The update one client computes on ``batch``; ``model`` itself is left untouched.
+
+    FedSGD shares ``d loss / d theta`` at the current weights. FedAvg runs ``local_steps`` plain SGD steps
+    (learning rate ``lr``) over mini-batches of ``local_batch_size`` samples taken in order, cycling through
+    the batch, and shares ``theta_after - theta_before``.
+
+    Args:
+        model: the global model, e.g. from ``build_model``.
+        batch: images ``[N,C,H,W]`` and masks ``[N,H,W]`` (or labels ``[N]``).
+        mode: ``"fedsgd"`` or ``"fedavg"``.
+        loss, reduction: see :func:`segaudit.losses.task_loss`.
+        train_mode: run the model in train mode (BatchNorm on batch statistics) or eval mode.
+        share_buffers: include buffers (BatchNorm running statistics) after the client's computation.
+
+    Returns:
+        A ``ClientUpdate`` keyed by parameter name.
+
+    Example:
+        >>> update = client_update(build_model("unet", in_channels=1), batch, mode="fedavg", local_steps=4)
+    """
+    if mode not in ("fedsgd", "fedavg"):
+        raise SegauditError(f"unknown mode {mode!r}; use 'fedsgd' or 'fedavg'")
+    if loss not in LOSSES:
+        raise SegauditError(f"unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
+    n = len(batch)
+    if n == 0:
+        raise SegauditError("the client batch is empty; give at least one image")
+    if local_steps < 1:
+        raise SegauditError(f"local_steps must be at least 1, got {local_steps}")
+    if mode == "fedavg" and lr <= 0:
+        raise SegauditError(f"FedAvg needs a positive learning rate, got lr={lr}")
+    local_batch_size = n if local_batch_size is None else local_batch_size
+    if not 1 <= local_batch_size <= n:
+        raise SegauditError(f"local_batch_size must be in 1..{n} (the batch size), got {local_batch_size}")
+
+    client = copy.deepcopy(model)
+    client.train(train_mode)
+    params = trainable_params(client)
+    if mode == "fedsgd":
+        value = task_loss(client(batch.images), batch.masks, loss, reduction)
+        grads = torch.autograd.grad(value, list(params.values()))
+        tensors = {name: g.detach() for name, g in zip(params, grads)}
+        meta = UpdateMeta("fedsgd", n, loss, reduction, 0.0, 1, n, train_mode)
+    else:
+        before = {name: p.detach().clone() for name, p in params.items()}
+        for step in range(local_steps):
+            idx = [(step * local_batch_size + i) % n for i in range(local_batch_size)]
+            value = task_loss(client(batch.images[idx]), batch.masks[idx], loss, reduction)
+            grads = torch.autograd.grad(value, list(params.values()))
+            with torch.no_grad():
+                for p, g in zip(params.values(), grads):
+                    p.sub_(lr * g)
+        tensors = {name: (p.detach() - before[name]) for name, p in params.items()}
+        meta = UpdateMeta("fedavg", n, loss, reduction, lr, local_steps, local_batch_size, train_mode)
+    buffers = {name: b.detach().clone() for name, b in client.named_buffers()} if share_buffers else {}
+    return ClientUpdate(tensors, meta, buffers)
+
+
+def check_update(model: nn.Module, update: ClientUpdate) -> None:
+    """Refuse an update that does not fit ``model`` or holds NaN/Inf, naming the first bad tensor."""
+    params = trainable_params(model)
+    for name, p in params.items():
+        t = update.tensors.get(name)
+        if t is None:
+            raise SegauditError(f"update has no tensor for parameter {name!r}: it was made for another architecture")
+        if t.shape != p.shape:
+            raise SegauditError(
+                f"update tensor {name!r} has shape {tuple(t.shape)} but the model expects {tuple(p.shape)}: "
+                "it was made for another architecture or number of classes")
+    extra = sorted(set(update.tensors) - set(params))
+    if extra:
+        raise SegauditError(f"update has tensor {extra[0]!r} that the model does not have: it was made for another architecture")
+    for name, t in update.tensors.items():
+        if not torch.isfinite(t).all():
+            raise SegauditError(f"update tensor {name!r} contains NaN or Inf; refusing to attack a corrupt update")

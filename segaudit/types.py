@@ -1,0 +1,153 @@
+"""Typed payloads passed between the steps of an audit.
+
+Shapes: N images per batch, C channels, H x W pixels, K classes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+Task = Literal["segmentation", "classification"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A client's private batch.
+
+    Attributes:
+        images: ``[N, C, H, W]`` float, already normalised for the model.
+        masks: ``[N, H, W]`` long in ``0..K-1`` (segmentation) or ``[N]`` labels (classification).
+        class_names: K names (untrusted text: escape before rendering).
+        names: N sample identifiers (e.g. file stems), for reports only.
+        mean, std: per-channel normalisation applied to ``images`` (to map back to [0, 1]).
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    class_names: tuple[str, ...]
+    names: tuple[str, ...] = ()
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def task(self) -> Task:
+        return "segmentation" if self.masks.dim() == 3 else "classification"
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, index) -> "Batch":
+        """The batch restricted to ``index`` (a list of positions or a slice)."""
+        idx = torch.as_tensor(index) if not isinstance(index, slice) else index
+        names = tuple(self.names[i] for i in torch.arange(len(self))[idx].tolist()) if self.names else ()
+        return Batch(self.images[idx], self.masks[idx], self.class_names, names, self.mean, self.std)
+
+
+@dataclass(frozen=True)
+class UpdateMeta:
+    """What the server knows about how a client produced its update.
+
+    Attributes:
+        mode: ``"fedsgd"`` (one gradient) or ``"fedavg"`` (weight delta after ``local_steps`` SGD steps).
+        batch_size: N, the number of samples behind the update.
+        loss: loss name (``"ce"``, ``"dice_ce"``); the attacker must use the same one.
+        reduction: ``"mean"`` over pixels and samples, or ``"sum"``.
+        lr, local_steps, local_batch_size: FedAvg optimiser settings (``lr`` is 0 for FedSGD).
+        train_mode: whether the model ran in train mode (BatchNorm uses batch statistics then).
+        defense: name and parameters of the defense applied, for an adaptive attacker.
+    """
+
+    mode: Literal["fedsgd", "fedavg"]
+    batch_size: int
+    loss: str = "ce"
+    reduction: Literal["mean", "sum"] = "mean"
+    lr: float = 0.0
+    local_steps: int = 1
+    local_batch_size: int | None = None
+    train_mode: bool = True
+    defense: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """What a federated client shares with the server.
+
+    Attributes:
+        tensors: parameter name -> gradient (FedSGD) or weight delta ``w_after - w_before`` (FedAvg),
+            each with the parameter's shape.
+        buffers: buffer name -> value after the client's computation (e.g. BatchNorm running stats),
+            empty when the client does not share them.
+        meta: how the update was made.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    meta: UpdateMeta
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> Literal["gradients", "delta"]:
+        return "gradients" if self.meta.mode == "fedsgd" else "delta"
+
+    def norm(self) -> float:
+        """Global L2 norm over all tensors."""
+        return float(torch.sqrt(sum((t.double() ** 2).sum() for t in self.tensors.values())))
+
+
+@dataclass(frozen=True)
+class Prior:
+    """Everything an attacker is assumed to know besides the model and the update.
+
+    Attributes:
+        image_shape: ``(C, H, W)``.
+        batch_size: N (known to the server in FedSGD/FedAvg protocols).
+        num_classes: K.
+        task: segmentation or classification.
+        mean, std: the normalisation of the client's images (per channel).
+        bn_stats: optional layer name -> (mean, var) of BatchNorm inputs, when shared.
+    """
+
+    image_shape: tuple[int, int, int]
+    batch_size: int
+    num_classes: int
+    task: Task = "segmentation"
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    bn_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @classmethod
+    def from_batch_shape(cls, batch: Batch, **kw) -> "Prior":
+        """The public facts about ``batch`` (shape, classes, normalisation) — never its content."""
+        c, h, w = batch.images.shape[1:]
+        return cls((int(c), int(h), int(w)), len(batch), batch.num_classes, batch.task,
+                   batch.mean or (0.5,) * c, batch.std or (0.5,) * c, **kw)
+
+
+@dataclass
+class Reconstruction:
+    """An attack's output.
+
+    Attributes:
+        images: ``[N, C, H, W]`` in the model's normalised space (``None`` when no restart succeeded).
+        masks: ``[N, H, W]`` long (segmentation), or ``None``.
+        labels: ``[N]`` long (classification), or ``None``.
+        restart_losses: final matching loss per restart (``nan`` for abandoned restarts).
+        restart_status: ``"ok"`` or the reason a restart was abandoned.
+        history: matching loss per step of the chosen restart.
+        status: ``"ok"`` or ``"no valid reconstruction"``.
+        extras: attack-specific outputs (e.g. recovered class composition ``[K]``).
+    """
+
+    images: torch.Tensor | None
+    masks: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    restart_losses: list[float] = field(default_factory=list)
+    restart_status: list[str] = field(default_factory=list)
+    history: list[float] = field(default_factory=list)
+    status: str = "ok"
+    extras: dict[str, Any] = field(default_factory=dict)

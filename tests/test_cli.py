@@ -1,0 +1,75 @@
+"""The command line: help on every command, one-line errors, exit codes, nothing written on failure."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from segaudit.cli import build_parser, main
+from segaudit.updates import load_update
+
+COMMANDS = ["train", "update", "demo", "info"]
+
+
+def run_cli(*args, cwd=None):
+    """Run ``segaudit`` in a subprocess, as a user would."""
+    return subprocess.run([sys.executable, "-m", "segaudit.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_on_every_command(command, capsys):
+    assert main([command, "--help"]) == 0
+    assert "--quiet" in capsys.readouterr().out
+
+
+def test_every_command_is_tested_for_help():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert sorted(sub.choices) == sorted(COMMANDS)
+
+
+def test_unknown_command_and_option_are_one_line(capsys):
+    assert main(["nope"]) == 2
+    assert main(["train", "--bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+
+
+def test_info_lists_archs_and_data(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "unet" in out and "nuclei" in out and "lenet" in out
+
+
+def test_update_writes_safetensors_and_refuses_overwrite(tmp_path, capsys):
+    path = tmp_path / "u.safetensors"
+    assert main(["--quiet", "update", "--data", "nuclei", "--size", "32", "--batch-size", "2", "--out", str(path)]) == 0
+    update = load_update(path)
+    assert update.meta.batch_size == 2 and "segmentation_head.0.bias" in update.tensors
+    before = path.read_bytes()
+    assert main(["update", "--data", "nuclei", "--size", "32", "--out", str(path)]) == 2
+    assert "already exists" in capsys.readouterr().err and path.read_bytes() == before
+
+
+def test_train_cli_small_and_refuses_existing_out(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--quiet", "--data", "nuclei", "--size", "32", "--steps", "2", "--batch-size", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "train.json").read_text())
+    assert 0.0 <= summary["heldout_dice"] <= 1.0 and (out / "model" / "config.json").exists()
+    r = run_cli("train", "--quiet", "--data", "nuclei", "--steps", "2", "--out", str(out))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "pass --force" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args, match", [
+    (["update", "--data", "no_such_dataset", "--out", "x.safetensors"], "no_such_dataset"),
+    (["update", "--arch", "segnet9000", "--out", "x.safetensors"], "unknown architecture"),
+    (["update", "--size", "100", "--out", "x.safetensors"], "multiple of"),
+    (["update", "--out", "x.bin"], "must end in .safetensors"),
+    (["train", "--steps", "0", "--out", "run"], "steps must be at least 1"),
+])
+def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, args, match):
+    r = run_cli("--quiet", *args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and match in r.stderr
+    assert list(tmp_path.iterdir()) == []
