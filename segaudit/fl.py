@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -64,27 +65,47 @@ def client_update(
     if not 1 <= local_batch_size <= n:
         raise SegauditError(f"local_batch_size must be in 1..{n} (the batch size), got {local_batch_size}")
 
+    meta = UpdateMeta(mode, n, loss, reduction, lr if mode == "fedavg" else 0.0,
+                      local_steps if mode == "fedavg" else 1, local_batch_size if mode == "fedavg" else n, train_mode)
     client = copy.deepcopy(model)
     client.train(train_mode)
-    params = trainable_params(client)
-    if mode == "fedsgd":
-        value = task_loss(client(batch.images), batch.masks, loss, reduction)
-        grads = torch.autograd.grad(value, list(params.values()))
-        tensors = {name: g.detach() for name, g in zip(params, grads)}
-        meta = UpdateMeta("fedsgd", n, loss, reduction, 0.0, 1, n, train_mode)
-    else:
-        before = {name: p.detach().clone() for name, p in params.items()}
-        for step in range(local_steps):
-            idx = [(step * local_batch_size + i) % n for i in range(local_batch_size)]
-            value = task_loss(client(batch.images[idx]), batch.masks[idx], loss, reduction)
-            grads = torch.autograd.grad(value, list(params.values()))
-            with torch.no_grad():
-                for p, g in zip(params.values(), grads):
-                    p.sub_(lr * g)
-        tensors = {name: (p.detach() - before[name]) for name, p in params.items()}
-        meta = UpdateMeta("fedavg", n, loss, reduction, lr, local_steps, local_batch_size, train_mode)
+    with batchnorm_guard(meta.local_batch_size):
+        tensors = _run_client(client, batch, meta)
     buffers = {name: b.detach().clone() for name, b in client.named_buffers()} if share_buffers else {}
     return ClientUpdate(tensors, meta, buffers)
+
+
+def _run_client(client: nn.Module, batch: Batch, meta: UpdateMeta) -> dict[str, torch.Tensor]:
+    """Gradients (FedSGD) or the weight delta after ``meta.local_steps`` SGD steps (FedAvg), by name."""
+    params = trainable_params(client)
+    n = len(batch)
+    if meta.mode == "fedsgd":
+        value = task_loss(client(batch.images), batch.masks, meta.loss, meta.reduction)
+        return {name: g.detach() for name, g in zip(params, torch.autograd.grad(value, list(params.values())))}
+    before = {name: p.detach().clone() for name, p in params.items()}
+    bs = meta.local_batch_size
+    for step in range(meta.local_steps):
+        idx = [(step * bs + i) % n for i in range(bs)]
+        value = task_loss(client(batch.images[idx]), batch.masks[idx], meta.loss, meta.reduction)
+        grads = torch.autograd.grad(value, list(params.values()))
+        with torch.no_grad():
+            for p, g in zip(params.values(), grads):
+                p.sub_(meta.lr * g)
+    return {name: p.detach() - before[name] for name, p in params.items()}
+
+
+@contextmanager
+def batchnorm_guard(batch_size: int):
+    """Turn PyTorch's BatchNorm error for a 1x1 map of one sample into a one-line fix."""
+    try:
+        yield
+    except ValueError as e:
+        if "Expected more than 1 value per channel" not in str(e):
+            raise
+        raise SegauditError(
+            f"BatchNorm in train mode saw a single value per channel (batch of {batch_size} with a 1x1 feature "
+            "map, e.g. DeepLab's ASPP pooling): use a batch of at least 2, a larger image size, or eval mode "
+            "(train_mode=False)") from None
 
 
 def check_update(model: nn.Module, update: ClientUpdate) -> None:

@@ -3,7 +3,7 @@
 Two families of models:
 
 * **segmentation**: the architectures of segmentation-models-pytorch (smp), built by
-  ``smp.create_model`` with ``encoder_weights=None`` unless asked otherwise (segaudit never downloads).
+  their classes with ``encoder_weights=None`` unless asked otherwise, so nothing is downloaded.
   Output: logits ``[N, K, H, W]`` for images ``[N, C, H, W]``.
 * **classification**: the baselines of the gradient-leakage literature (LeNet of Deep Leakage from
   Gradients, torchvision ResNet-18, DenseNet-121, Inception-v3). Output: logits ``[N, K]``.
@@ -61,8 +61,8 @@ __all__ = [
 
 GroupKind = Literal["encoder", "decoder", "skip", "head", "other"]
 
-# Our names -> smp class names. DPT is left out: smp builds it only on a timm ViT encoder ("tu-vit..."),
-# never on resnet18, and the ViT encoders are far too heavy for a CPU audit.
+# Our names -> smp class names. DPT is left out: smp builds it only on a timm ViT encoder ("tu-vit_..."),
+# refusing resnet18 and every other CNN encoder, and ViT-sized models are too heavy for CPU audits.
 SEGMENTATION_ARCHS: dict[str, str] = {
     "unet": "Unet",
     "unetplusplus": "UnetPlusPlus",
@@ -405,12 +405,18 @@ def build_from_spec(spec: Mapping[str, Any]) -> nn.Module:
             ``config.json`` dict (with ``_model_class`` or ``encoder_name``) is accepted too.
     """
     spec = _normalise_spec(spec, "the model spec")
+    return _build(spec, encoder_weights=spec.pop("encoder_weights", None))
+
+
+def _build(spec: Mapping[str, Any], encoder_weights: str | None = None) -> nn.Module:
+    """build_model from a normalised spec."""
     return build_model(
         spec["arch"],
         spec["encoder"],
         spec["in_channels"],
         spec["classes"],
         activation=spec["activation"],
+        encoder_weights=encoder_weights,
         **spec["options"],
     )
 
@@ -619,6 +625,7 @@ def _normalise_spec(spec: Any, source: str) -> dict[str, Any]:
     if task is not None and task != _task_of(arch):
         raise SegauditError(f"{source} says task {task!r} but {arch} is a {_task_of(arch)} model; fix 'task' or 'arch'")
     default_encoder = "resnet18" if arch in SEGMENTATION_ARCHS else None
+    encoder_weights = options.pop("encoder_weights", None)  # a build choice, not part of the network
     return {
         "arch": arch,
         "encoder": spec.get("encoder", default_encoder),
@@ -627,6 +634,7 @@ def _normalise_spec(spec: Any, source: str) -> dict[str, Any]:
         "activation": spec.get("activation"),
         "task": _task_of(arch),
         "options": _jsonable(options),
+        "encoder_weights": encoder_weights,
     }
 
 
@@ -1104,7 +1112,7 @@ def load_model(path: str | Path, spec: Mapping[str, Any] | None = None) -> nn.Mo
             f"{path} holds bare weights: pass spec={{'arch': ..., 'encoder': ..., 'classes': ...}} "
             f"or write it to {path}.json"
         )
-    model = build_from_spec(_normalise_spec(chosen, f"the spec for {path.name}"))
+    model = _build(_normalise_spec(chosen, f"the spec for {path.name}"))  # never encoder_weights: no download
     state = _strip_wrapper_prefix(state, model.state_dict())
     _check_state_dict(model, state, path)
     model.load_state_dict(state, strict=True)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
 
+from .errors import SegauditError
+
 T = TypeVar("T")
 
 
@@ -35,9 +37,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name.lower()]
         except KeyError:
-            raise ValueError(
-                f"unknown {self.kind} {name!r}; available: {', '.join(self.available())}"
-            ) from None
+            raise SegauditError(f"unknown {self.kind} {name!r}; available: {', '.join(self.available())}") from None
 
     def create(self, name: str, **kwargs) -> T:
         return self.get(name)(**kwargs)

@@ -108,3 +108,11 @@ def test_check_update_refuses_other_arch_and_nan(unet, batch):
     bad["encoder.layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
     with pytest.raises(SegauditError, match="'encoder.layer2.0.conv1.weight' contains NaN"):
         check_update(unet, ClientUpdate(bad, update.meta))
+
+
+def test_batchnorm_single_value_gets_a_fix():
+    model = build_model("deeplabv3plus", in_channels=1, classes=2)
+    one = Batch(torch.randn(1, 1, 64, 64), torch.zeros(1, 64, 64, dtype=torch.long), ("bg", "fg"))
+    with pytest.raises(SegauditError, match="batch of at least 2, a larger image size, or eval mode"):
+        client_update(model, one)
+    assert client_update(model, one, train_mode=False).meta.train_mode is False

@@ -174,6 +174,11 @@ def test_functional_relu_is_seen_by_the_oracle_and_by_segaudit():
     assert M._relu_calls(FunctionalRelu(), x) == {"relu"}
 
 
+def test_sigmoid_is_refused_for_an_encoder_with_functional_relu():
+    with pytest.raises(SegauditError, match=r"dpn68 applies ReLU functionally .* use activation='relu'"):
+        M.build_model("unet", "dpn68", activation="sigmoid")
+
+
 def test_sigmoid_does_not_zero_negative_preactivations():
     model = M.build_model("resnet18", activation="sigmoid", classes=2).eval()
     seen = []
@@ -231,6 +236,7 @@ def test_layer_groups_cover_every_parameter_once(arch):
     assert_groups_partition(M.build_model(arch))
 
 
+@pytest.mark.filterwarnings("ignore:`timm-` encoders are deprecated:DeprecationWarning")
 @pytest.mark.parametrize("encoder", ["efficientnet-b0", "mobilenet_v2", "timm-efficientnet-b0", "tu-resnet18"])
 def test_layer_groups_for_other_encoders(encoder):
     groups = assert_groups_partition(M.build_model("unet", encoder))
@@ -300,6 +306,16 @@ def test_inception_groups_are_its_mixed_blocks():
         "Mixed_7a", "Mixed_7b", "Mixed_7c",
     ]
     assert names[-1] == "fc"
+
+
+def test_models_built_by_smp_itself_get_a_spec_and_groups(tmp_path):
+    model = M._smp().FPN("resnet18", encoder_weights=None, classes=3)
+    spec = M.model_spec(model)
+    assert (spec["arch"], spec["encoder"], spec["classes"], spec["activation"]) == ("fpn", "resnet18", 3, "relu")
+    assert M.is_segmentation(model)
+    groups = assert_groups_partition(model)
+    assert [g.name for g in groups if g.kind == "skip"] == ["decoder.p4", "decoder.p3", "decoder.p2"]
+    outputs_match(model, M.load_model(M.save_model(model, tmp_path)), torch.randn(1, 3, 64, 64))
 
 
 def test_layer_groups_see_through_wrappers():
@@ -431,7 +447,7 @@ def test_pickle_with_code_is_refused_without_running_it(tmp_path, writer):
     if writer == "torch.save":
         torch.save(payload, path)
     else:
-        path.write_bytes(pickle.dumps(payload))
+        path.write_bytes(pickle.dumps(payload, protocol=2))  # torch's legacy (non-zip) format
     with pytest.raises(SegauditError, match=r"needs code to load \(pickle\); segaudit loads weights only"):
         M.load_model(path, spec={"arch": "lenet"})
     assert not marker.exists()
