@@ -21,7 +21,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", metavar="DIR", help="a trained model folder (save_pretrained) or checkpoint")
     g.add_argument("--arch", default="unet", help="architecture when no --model is given (default: unet)")
-    g.add_argument("--encoder", default="resnet18", help="smp encoder (default: resnet18)")
+    g.add_argument("--encoder", help="smp encoder (default: resnet18 for segmentation archs)")
 
 
 def _add_data_args(p: argparse.ArgumentParser, size: int = 64) -> None:
@@ -70,8 +70,10 @@ def cmd_train(args) -> int:
 def cmd_update(args) -> int:
     from .data import make_batch
     from .fl import client_update
+    from .io import check_out_file
     from .updates import save_update
 
+    check_out_file(args.out, args.force, ".safetensors")
     model, data = _model_and_data(args)
     batch = make_batch(data, list(range(args.batch_size)), size=args.size, seed=args.seed, fit="crop")
     update = client_update(model, batch, mode=args.mode, local_steps=args.local_steps, lr=args.lr, loss=args.loss)
@@ -110,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", "train a segmentation model on CPU and save it (save_pretrained)")
     p.add_argument("--arch", default="unet")
-    p.add_argument("--encoder", default="resnet18")
+    p.add_argument("--encoder", help="smp encoder (default: resnet18)")
     _add_data_args(p)
     p.add_argument("--steps", type=int, default=300, help="optimiser steps (default: 300)")
     p.add_argument("--batch-size", type=int, default=8)

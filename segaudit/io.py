@@ -61,6 +61,18 @@ def check_out_dir(path: str | os.PathLike, force: bool = False) -> Path:
     return path
 
 
+def check_out_file(path: str | os.PathLike, force: bool = False, suffix: str | None = None) -> Path:
+    """Refuse an output file that exists (unless ``force``) or lacks ``suffix``; creates nothing."""
+    path = Path(path)
+    if suffix and path.suffix != suffix:
+        raise SegauditError(f"output file {path} must end in {suffix}")
+    if path.is_dir():
+        raise SegauditError(f"output path {path} is a folder; give a file name")
+    if path.exists() and not force:
+        raise SegauditError(f"{path} already exists; pass --force to overwrite")
+    return path
+
+
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds."""

@@ -594,11 +594,7 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
 
 def is_segmentation(model: nn.Module) -> bool:
     """True for a segmentation model (logits ``[N, K, H, W]``), False for a classifier."""
-    inner, _ = _unwrap(model)
-    spec = getattr(inner, "segaudit_spec", None)
-    if spec is not None:
-        return spec.get("task") == "segmentation"
-    return _looks_like_smp(inner)
+    return _model_task(_unwrap(model)[0]) == "segmentation"
 
 
 def _looks_like_smp(model: nn.Module) -> bool:
@@ -682,7 +678,7 @@ class SizeRules:
         fixed_size: ``(H, W)`` when only one size works (LeNet), else ``None``.
         min_train_batch: smallest batch in train mode; BatchNorm after a global pooling (DeepLabV3/V3+,
             PAN, UPerNet ASPP/PSP pooling branches) needs 2. Any model in train mode with batch 1 also
-            needs a deepest feature map larger than 1x1, i.e. ``H * W > output_stride ** 2``.
+            needs a deepest feature map larger than 1x1: ``(H // output_stride) * (W // output_stride) > 1``.
     """
 
     output_stride: int
@@ -695,7 +691,7 @@ class SizeRules:
 _CLASSIFIER_SIZES = {
     "resnet18": SizeRules(output_stride=32, multiple=1, min_size=32),
     "densenet121": SizeRules(output_stride=32, multiple=1, min_size=32),
-    # Inception's valid convolutions need 75 px; its last map is 1x1 up to ~107 px, so batch >= 2.
+    # Inception's valid convolutions need 75 px; its last map stays 1x1 below 107 px, so batch >= 2.
     "inception_v3": SizeRules(output_stride=32, multiple=1, min_size=75, min_train_batch=2),
 }
 
@@ -986,7 +982,9 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
           Unet concatenates them into the input of ``decoder.blocks.i.conv1`` (the skip path can be
           scored by slicing that conv's input channels), Linknet adds them.
         * ``segmentation_head`` / ``classification_head``: kind ``"head"``.
-        * Anything else: grouped by module path, kind by top-level name (``"other"`` if unknown).
+        * Anything else: grouped by module path, kind by top-level name (``"other"`` if unknown); a
+          module segaudit did not build and smp did not make gets kind ``"other"`` (``fc``/``classifier``:
+          ``"head"``).
 
     Args:
         model: a model of :func:`build_model`, any smp model, or another ``nn.Module`` (module-path
@@ -1002,7 +1000,8 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
     inner, prefix = _unwrap(model)
     order = {name: i for i, (name, _) in enumerate(inner.named_parameters())}
     assigned: dict[str, tuple[str, GroupKind]] = {}
-    segmentation = is_segmentation(inner)
+    task = _model_task(inner)
+    segmentation = task == "segmentation"
     if segmentation:
         rules = _HEAD_RULES + _decoder_rules(_arch_of(inner), inner)
     else:
@@ -1018,15 +1017,22 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
         for group, params in _path_groups(module, part_prefix):
             for param in params:
                 if param in order and param not in assigned:
-                    assigned[param] = (group, _default_kind(group, segmentation))
+                    assigned[param] = (group, _default_kind(group, task))
     return _collect(assigned, order, prefix)
 
 
-def _default_kind(group: str, segmentation: bool) -> GroupKind:
-    top = group.split(".", 1)[0]
-    if not segmentation:
+def _model_task(model: nn.Module) -> str | None:
+    spec = getattr(model, "segaudit_spec", None)
+    if spec is not None:
+        return spec.get("task")
+    return "segmentation" if _looks_like_smp(model) else None
+
+
+def _default_kind(group: str, task: str | None) -> GroupKind:
+    if task == "classification":  # everything before the final linear layer extracts features
         return "encoder"
-    return {"encoder": "encoder", "decoder": "decoder"}.get(top, "other")
+    top = group.split(".", 1)[0]
+    return {"encoder": "encoder", "decoder": "decoder"}.get(top, "other") if task else "other"
 
 
 def _collect(assigned: dict[str, tuple[str, GroupKind]], order: dict[str, int], prefix: str) -> list[LayerGroup]:
@@ -1160,7 +1166,9 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as error:
-        raise SegauditError(f"{path} is truncated or not a safetensors file ({_first_line(error)}): re-export it") from None
+        raise SegauditError(
+            f"{path} is truncated or not a safetensors file ({_first_line(error)}): re-export it"
+        ) from None
 
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], Any]:
@@ -1191,7 +1199,9 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], Any]:
     return dict(state), embedded
 
 
-def _strip_wrapper_prefix(state: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _strip_wrapper_prefix(
+    state: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Drop a ``module.`` (DataParallel) or ``model.`` (Lightning) prefix every key carries."""
     for prefix in ("module.", "model."):
         if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in expected):

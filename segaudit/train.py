@@ -81,7 +81,7 @@ def train_model(model: nn.Module, dataset: Dataset, size: int = 64, steps: int =
         value.backward()
         opt.step()
         sched.step()
-        losses.append(float(value))
+        losses.append(value.item())
     seconds = time.perf_counter() - start
     eval_size = eval_size or max(32, min(dataset.min_size // 32 * 32, 256))
     quality = evaluate(model, dataset, test_idx, eval_size)

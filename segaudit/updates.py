@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .errors import SegauditError
-from .io import atomic_path
+from .io import atomic_path, check_out_file
 from .types import ClientUpdate, UpdateMeta
 
 _BUFFER_PREFIX = "buffers::"
@@ -19,11 +19,7 @@ def save_update(update: ClientUpdate, path: str | Path, force: bool = False) -> 
     """Write ``update`` to ``path`` (.safetensors): tensors by parameter name, buffers prefixed, meta as JSON."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise SegauditError(f"update file {path} must end in .safetensors")
-    if path.exists() and not force:
-        raise SegauditError(f"{path} already exists; pass --force to overwrite")
+    path = check_out_file(path, force, ".safetensors")
     tensors = {k: v.contiguous() for k, v in update.tensors.items()}
     tensors.update({_BUFFER_PREFIX + k: v.contiguous() for k, v in update.buffers.items()})
     with atomic_path(path) as tmp:

@@ -63,7 +63,7 @@ def test_train_cli_small_and_refuses_existing_out(tmp_path):
 
 @pytest.mark.parametrize("args, match", [
     (["update", "--data", "no_such_dataset", "--out", "x.safetensors"], "no_such_dataset"),
-    (["update", "--arch", "segnet9000", "--out", "x.safetensors"], "unknown architecture"),
+    (["update", "--arch", "segnet9000", "--out", "x.safetensors"], "unknown model arch"),
     (["update", "--size", "100", "--out", "x.safetensors"], "multiple of"),
     (["update", "--out", "x.bin"], "must end in .safetensors"),
     (["train", "--steps", "0", "--out", "run"], "steps must be at least 1"),

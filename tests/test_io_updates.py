@@ -65,5 +65,5 @@ def test_update_refusals(tmp_path):
         load_update(bad)
     with pytest.raises(SegauditError, match="does not exist"):
         load_update(tmp_path / "missing.safetensors")
-    with pytest.raises(SegauditError, match="must end in .safetensors"):
+    with pytest.raises(SegauditError, match="must end in .safetensors"):  # checked before anything is written
         save_update(ClientUpdate({}, UpdateMeta("fedsgd", 1)), tmp_path / "u.pt")

@@ -132,7 +132,8 @@ def test_lenet_hidden_size_follows_the_input_size():
 
 
 def test_in_channels_adapt_the_first_conv_of_classifiers():
-    for arch, first in [("resnet18", "conv1"), ("densenet121", "features.conv0"), ("inception_v3", "Conv2d_1a_3x3.conv")]:
+    firsts = [("resnet18", "conv1"), ("densenet121", "features.conv0"), ("inception_v3", "Conv2d_1a_3x3.conv")]
+    for arch, first in firsts:
         model = M.build_model(arch, in_channels=1, classes=5)
         assert model.get_submodule(first).in_channels == 1, arch
 

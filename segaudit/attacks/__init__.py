@@ -1,0 +1,5 @@
+"""Attacks on client updates. Importing this package registers every attack in :data:`ATTACKS`."""
+from .base import ATTACKS, Attack
+from . import inversion  # noqa: F401  (registers dlg, ig, seg)
+
+__all__ = ["ATTACKS", "Attack"]

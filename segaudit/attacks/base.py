@@ -1,0 +1,99 @@
+"""The attack interface: ``Attack.run(model, update, prior) -> Reconstruction``.
+
+The threat-model boundary is a rule of the code: an attack receives the model, the shared
+``ClientUpdate`` and an explicit ``Prior`` — never the client's batch.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import SegauditError
+from ..fl import check_update
+from ..registry import Registry
+from ..types import ClientUpdate, Prior, Reconstruction
+
+
+class Attack(ABC):
+    """Base class of every attack. Subclasses implement :meth:`_run` on validated inputs."""
+
+    name: str = "attack"
+
+    def run(self, model: nn.Module, update: ClientUpdate, prior: Prior) -> Reconstruction:
+        """Attack ``update`` of ``model``; the model itself is never modified.
+
+        Raises:
+            SegauditError: an update that does not fit the model (naming the first mismatched tensor),
+                NaN/Inf in the update, or a prior that contradicts the update.
+        """
+        check_update(model, update)
+        if prior.batch_size != update.meta.batch_size:
+            raise SegauditError(f"the prior says {prior.batch_size} images but the update was made from "
+                                f"{update.meta.batch_size}; give the update's batch size")
+        attacker_model = copy.deepcopy(model)
+        for p in attacker_model.parameters():
+            p.requires_grad_(False)
+        return self._run(attacker_model, update, prior)
+
+    @abstractmethod
+    def _run(self, model: nn.Module, update: ClientUpdate, prior: Prior) -> Reconstruction:
+        ...
+
+
+ATTACKS: Registry[Attack] = Registry("attack")
+
+
+@dataclass
+class RestartResult:
+    """One restart's outcome: final tensors, matching loss per step and why it stopped."""
+
+    images: torch.Tensor | None
+    targets: torch.Tensor | None  # [N,K,H,W] / [N,K] soft targets (probabilities)
+    history: list[float] = field(default_factory=list)
+    status: str = "ok"
+
+    @property
+    def loss(self) -> float:
+        return self.history[-1] if self.history and self.status == "ok" else math.nan
+
+
+def best_restart(restarts: list[RestartResult], task: str, extras: dict | None = None) -> Reconstruction:
+    """The restart with the lowest final matching loss; ``"no valid reconstruction"`` if none finished.
+
+    Soft targets become hard masks ``[N,H,W]`` (segmentation) or labels ``[N]`` (classification).
+    """
+    losses = [r.loss for r in restarts]
+    valid = [i for i, loss in enumerate(losses) if math.isfinite(loss)]
+    rec = Reconstruction(images=None, restart_losses=losses, restart_status=[r.status for r in restarts],
+                         extras=extras or {})
+    if not valid:
+        rec.status = "no valid reconstruction"
+        return rec
+    best = restarts[min(valid, key=lambda i: losses[i])]
+    rec.images, rec.history = best.images.detach(), best.history
+    hard = best.targets.detach().argmax(1)
+    if task == "segmentation":
+        rec.masks = hard
+    else:
+        rec.labels = hard
+    return rec
+
+
+def box_bounds(prior: Prior) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel bounds ``[1,C,1,1]`` of images in [0, 1] after the client's normalisation."""
+    c = prior.image_shape[0]
+    mean = torch.tensor(prior.mean if len(prior.mean) == c else prior.mean * c).view(1, c, 1, 1)
+    std = torch.tensor(prior.std if len(prior.std) == c else prior.std * c).view(1, c, 1, 1)
+    return (0 - mean) / std, (1 - mean) / std
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels of ``[N,C,H,W]`` images."""
+    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
+    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
+    return dx + dy
