@@ -22,8 +22,11 @@ def _group_norms(model, update) -> dict[str, float]:
 
 
 def run_demo(out: str | Path = "reports/demo", quick: bool = False, force: bool = False, seed: int = 0,
-             progress: bool = True) -> Path:
+             progress: bool = True, steps: int | None = None) -> Path:
     """Run the demo and write ``out/summary.json``, ``out/summary.md``, ``out/model/`` and ``out/updates/``.
+
+    Args:
+        quick: 60 training steps instead of 300 (``steps`` overrides both).
 
     The folder appears whole at the end (built in a temporary folder, then renamed).
     """
@@ -31,7 +34,7 @@ def run_demo(out: str | Path = "reports/demo", quick: bool = False, force: bool 
     torch.manual_seed(seed)
     data = load_dataset("nuclei")
     model = build_model("unet", encoder="resnet18", in_channels=data.channels, classes=len(data.class_names))
-    steps = 60 if quick else 300
+    steps = steps or (60 if quick else 300)
     result = train_model(model, data, size=64, steps=steps, batch_size=8, seed=seed, progress=progress)
     heldout = [data.names.index(n) for n in result.heldout_names]
     cases = {"fedsgd_b1": dict(n=1, mode="fedsgd"), "fedsgd_b4": dict(n=4, mode="fedsgd"),
