@@ -1,0 +1,118 @@
+"""Attack contracts (every registered attack), known answers and refusals."""
+import inspect
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segaudit import SegauditError
+from segaudit.attacks import ATTACKS, Attack
+from segaudit.attacks.inversion import DLG
+from segaudit.attacks.recovery import counts_from_shares, estimate_composition, recover_labels
+from segaudit.data import load_dataset, make_batch
+from segaudit.fl import client_update
+from segaudit.metrics import score
+from segaudit.models import build_model
+from segaudit.types import Batch, ClientUpdate, Prior
+
+
+@pytest.fixture(scope="module")
+def seg_case():
+    torch.manual_seed(0)
+    model = build_model("unet", in_channels=1, classes=2, encoder_depth=3, decoder_channels=[16, 8, 4])
+    batch = make_batch(load_dataset("nuclei"), [0], size=32, fit="crop", seed=0)
+    update = client_update(model, batch, train_mode=False)
+    return model, batch, update, Prior.from_batch_shape(batch)
+
+
+@pytest.mark.parametrize("name", ATTACKS.available())
+def test_contract_every_attack(name, seg_case):
+    model, batch, update, prior = seg_case
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    attack = ATTACKS.create(name, steps=2, restarts=2, seed=0)
+    rec = attack.run(model, update, prior)
+    assert rec.status == "ok" and rec.images.shape == batch.images.shape and torch.isfinite(rec.images).all()
+    assert rec.masks.shape == batch.masks.shape and rec.masks.dtype == torch.long
+    assert int(rec.masks.max()) < prior.num_classes and len(rec.restart_losses) == 2
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is untouched
+    again = ATTACKS.create(name, steps=2, restarts=2, seed=0).run(model, update, prior)
+    assert torch.equal(rec.images, again.images)  # same seed, same result on CPU
+
+
+def test_attacks_never_receive_the_batch():
+    params = list(inspect.signature(Attack.run).parameters)
+    assert params == ["self", "model", "update", "prior"]
+
+
+def test_dlg_lenet_known_answer():
+    """DLG on sigmoid LeNet, 32 px, batch 1: MSE < 1e-3 within 300 L-BFGS steps (fixed seed)."""
+    torch.manual_seed(0)
+    model = build_model("lenet", in_channels=1, classes=4)
+    crop = make_batch(load_dataset("nuclei"), [3], size=32, fit="crop", seed=1)
+    batch = Batch(crop.images, torch.tensor([2]), ("a", "b", "c", "d"), mean=crop.mean, std=crop.std)
+    update = client_update(model, batch)
+    rec = DLG(steps=300, seed=0).run(model, update, Prior.from_batch_shape(batch))
+    metrics = score(rec, batch)
+    assert metrics["mse"] < 1e-3 and metrics["label_acc"] == 1.0
+
+
+def test_idlg_and_count_labels():
+    torch.manual_seed(0)
+    model = build_model("lenet", in_channels=1, classes=5)
+    x = torch.rand(1, 1, 32, 32)
+    for label in range(5):
+        update = client_update(model, Batch(x, torch.tensor([label]), tuple("abcde")))
+        assert recover_labels(model, update, Prior((1, 32, 32), 1, 5, "classification")).tolist() == [label]
+    assert counts_from_shares(torch.tensor([0.5, 0.26, 0.24]), 4).tolist() == [2, 1, 1]
+
+
+def test_composition_exact_when_softmax_is_known():
+    """A head with zero weights outputs softmax(bias) everywhere: the composition is then exact."""
+    torch.manual_seed(0)
+    model = build_model("unet", in_channels=1, classes=3, encoder_depth=3, decoder_channels=[16, 8, 4])
+    with torch.no_grad():
+        model.segmentation_head[0].weight.zero_()
+        model.segmentation_head[0].bias.copy_(torch.tensor([0.3, -0.2, 0.1]))
+    masks = torch.zeros(2, 32, 32, dtype=torch.long)
+    masks[0, :8] = 1
+    masks[1, :, :4] = 2
+    batch = Batch(torch.randn(2, 1, 32, 32), masks, ("a", "b", "c"))
+    truth = torch.bincount(masks.flatten(), minlength=3).double() / masks.numel()
+    for kw in (dict(), dict(reduction="sum"), dict(mode="fedavg", lr=0.1, local_steps=1)):
+        update = client_update(model, batch, **kw)
+        comp = estimate_composition(model, update, Prior((1, 32, 32), 2, 3))
+        torch.testing.assert_close(comp.double(), truth, atol=1e-6, rtol=0)
+
+
+def test_refuses_update_of_another_arch(seg_case):
+    model, batch, update, prior = seg_case
+    other = build_model("unet", in_channels=1, classes=3, encoder_depth=3, decoder_channels=[16, 8, 4])
+    with pytest.raises(SegauditError, match="'segmentation_head.0.weight' has shape"):
+        ATTACKS.create("ig", steps=1).run(other, update, prior)
+
+
+def test_refuses_nan_update_naming_layer(seg_case):
+    model, batch, update, prior = seg_case
+    tensors = dict(update.tensors)
+    tensors["decoder.blocks.0.conv1.0.weight"] = torch.full_like(tensors["decoder.blocks.0.conv1.0.weight"], float("inf"))
+    with pytest.raises(SegauditError, match="'decoder.blocks.0.conv1.0.weight' contains NaN or Inf"):
+        ATTACKS.create("dlg", steps=1).run(model, ClientUpdate(tensors, update.meta), prior)
+
+
+def test_prior_must_match_update(seg_case):
+    model, batch, update, prior = seg_case
+    with pytest.raises(SegauditError, match="the prior says 3 images but the update was made from 1"):
+        ATTACKS.create("dlg", steps=1).run(model, update, Prior(prior.image_shape, 3, 2))
+
+
+def test_restarts_that_go_nan_are_abandoned(seg_case):
+    model, batch, update, prior = seg_case
+
+    class Exploding(DLG):
+        def _restart(self, simulate, prior, gen, extras):
+            return super()._restart(lambda x, y: simulate(x, y) * float("nan"), prior, gen, extras)
+
+    rec = Exploding(steps=2, restarts=2).run(model, update, prior)
+    assert rec.status == "no valid reconstruction" and rec.images is None
+    assert all(s.startswith("abandoned: matching loss became nan") for s in rec.restart_status)
+    assert all(v is None for v in score(rec, batch).values())
