@@ -82,6 +82,88 @@ def cmd_update(args) -> int:
     return 0
 
 
+def _attack_data(args):
+    """The images ``segaudit attack`` draws the client's batch from: one --image or a --data set."""
+    from .data import load_dataset, load_pair
+
+    if args.image:
+        if args.batch_size != 1:
+            raise SegauditError("--image gives one image: use --batch-size 1, or --data for larger batches")
+        return load_pair(args.image, args.mask, args.classes or 2)
+    return load_dataset(args.data, classes=args.classes)
+
+
+def _attack_batch(args, data, model):
+    """The client's batch: crops of ``data`` (or the image resized); labels for classification archs."""
+    import torch
+
+    from .data import make_batch
+    from .models import is_segmentation
+    from .types import Batch
+
+    if args.batch_size < 1:
+        raise SegauditError(f"--batch-size must be at least 1, got {args.batch_size}")
+    data.check_channels(model.segaudit_spec["in_channels"])
+    # more images than the dataset holds: distinct random crops of the same images
+    batch = make_batch(data, [i % len(data) for i in range(args.batch_size)], size=args.size, seed=args.seed,
+                       fit="crop" if data.min_size >= args.size else "resize", stride=_stride(model))
+    if is_segmentation(model):
+        return batch
+    k = model.segaudit_spec["classes"]
+    if args.label is not None:
+        if not 0 <= args.label < k:
+            raise SegauditError(f"--label {args.label} is outside 0..{k - 1} ({k} classes)")
+        labels = torch.full((len(batch),), args.label)
+    else:  # a segmentation dataset labels each crop by its most frequent class
+        labels = torch.stack([torch.bincount(m.flatten(), minlength=k).argmax() for m in batch.masks])
+    return Batch(batch.images, labels, tuple(f"class_{i}" for i in range(k)), batch.names, batch.mean, batch.std)
+
+
+def _stride(model) -> int:
+    from .models import size_rules, model_spec
+
+    spec = model_spec(model)
+    return size_rules(spec["arch"], spec["encoder"], **spec["options"]).multiple
+
+
+def cmd_attack(args) -> int:
+    from .attacks.runner import attack_batch
+    from .io import atomic_dir, check_out_dir, write_json
+    from .models import build_model, load_model, model_spec
+    from .report.plots import reconstruction_grid
+
+    out = check_out_dir(args.out, args.force)
+    data = _attack_data(args)
+    if args.model:
+        model = load_model(args.model)
+    else:
+        extra = {"size": args.size} if args.arch.lower() == "lenet" else {}
+        model = build_model(args.arch, encoder=args.encoder, in_channels=args.in_channels or data.channels,
+                            classes=args.classes or data.num_classes, **extra)
+    batch = _attack_batch(args, data, model)
+    outcome = attack_batch(model, batch, args.attack, mode=args.mode, local_steps=args.local_steps, lr=args.lr,
+                           train_mode=args.client_mode == "train", steps=args.steps, restarts=args.restarts,
+                           seed=args.seed, show_progress=not args.quiet)
+    spec = model_spec(model)
+    rec = outcome.reconstruction
+    result = {"attack": args.attack, "arch": spec["arch"], "encoder": spec["encoder"], "batch_size": len(batch),
+              "steps": args.steps, "restarts": args.restarts, "mode": args.mode, "local_steps": args.local_steps,
+              "client_mode": args.client_mode, "size": args.size, "seed": args.seed,
+              "runtime_s": outcome.runtime_s, "status": rec.status, "metrics": outcome.metrics,
+              "restart_losses": rec.restart_losses, "restart_status": rec.restart_status,
+              "images": list(batch.names)}
+    if "composition" in rec.extras:
+        result["composition"] = rec.extras["composition"].tolist()
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "result.json", result)
+        reconstruction_grid(batch, rec, tmp / "reconstruction.png",
+                            title=f"{args.attack} on {spec['arch']}, batch {len(batch)}, {args.mode}")
+    m = outcome.metrics
+    shown = ", ".join(f"{k} {v:.3g}" for k, v in m.items() if v is not None) or "nothing"
+    print(f"{args.attack}: {rec.status}; {shown} ({outcome.runtime_s:.0f} s) -> {out}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -133,6 +215,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", required=True, help="output .safetensors file")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=cmd_update)
+
+    from .attacks import ATTACKS
+
+    p = command("attack", "reconstruct a client's images and masks from its update; writes result.json and reconstruction.png")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--in-channels", type=int, help="input channels of a fresh model (default: the data's)")
+    p.add_argument("--image", metavar="FILE", help="attack one image instead of --data crops")
+    p.add_argument("--mask", metavar="FILE", help="the mask of --image (segmentation)")
+    p.add_argument("--label", type=int, help="the label of the images (classification archs)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--mode", choices=("fedsgd", "fedavg"), default="fedsgd")
+    p.add_argument("--local-steps", type=int, default=1, help="FedAvg local steps")
+    p.add_argument("--lr", type=float, default=0.01, help="the client's FedAvg learning rate")
+    p.add_argument("--client-mode", choices=("train", "eval"), default="train",
+                   help="the client's model mode (BatchNorm on batch or running statistics)")
+    p.add_argument("--attack", choices=ATTACKS.available(), default="seg")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    _add_out_args(p)
+    p.set_defaults(func=cmd_attack)
 
     p = command("demo", "the main job on the bundled data, written under reports/demo/")
     _add_out_args(p, default="reports/demo")

@@ -206,6 +206,31 @@ def load_dataset(name_or_dir: str | os.PathLike, classes: int | Sequence[str] | 
     return Dataset(images, masks, tuple(pairs), class_names, tuple(files), root)
 
 
+def load_pair(image: str | os.PathLike, mask: str | os.PathLike | None = None,
+              classes: int | Sequence[str] = 2) -> Dataset:
+    """One image (and its mask) as a one-sample :class:`Dataset`, for ``segaudit attack --image F --mask F``.
+
+    Args:
+        image, mask: file paths in any format :func:`load_dataset` reads; without a mask the sample gets an
+            all-background mask (classification attacks take a label instead).
+        classes: the class count K or the K class names.
+    """
+    image_path = Path(image)
+    if not image_path.is_file():
+        raise SegauditError(f"image file {str(image_path)!r} does not exist")
+    pixels = _image_to_unit(_read(image_path, str(image_path), is_mask=False), str(image_path))
+    if mask is None:
+        labels = np.zeros(pixels.shape[:2], np.int64)
+        files = ((str(image_path), "(no mask)"),)
+    else:
+        mask_path = Path(mask)
+        if not mask_path.is_file():
+            raise SegauditError(f"mask file {str(mask_path)!r} does not exist")
+        labels = _mask_to_labels(_read(mask_path, str(mask_path), is_mask=True), str(mask_path))
+        files = ((str(image_path), str(mask_path)),)
+    return Dataset([pixels], [labels], (image_path.name.split(".")[0],), _class_names_from_arg(classes), files)
+
+
 def check_input_size(size: int, stride: int = 32) -> None:
     """Refuse a ``size`` that is not a positive multiple of the model's output ``stride``, naming the sizes to use."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:

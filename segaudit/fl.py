@@ -105,7 +105,7 @@ def batchnorm_guard(batch_size: int):
         raise SegauditError(
             f"BatchNorm in train mode saw a single value per channel (batch of {batch_size} with a 1x1 feature "
             "map, e.g. DeepLab's ASPP pooling): use a batch of at least 2, a larger image size, or eval mode "
-            "(train_mode=False)") from None
+            "(--client-mode eval, train_mode=False)") from None
 
 
 def check_update(model: nn.Module, update: ClientUpdate) -> None:

@@ -116,3 +116,18 @@ def test_restarts_that_go_nan_are_abandoned(seg_case):
     assert rec.status == "no valid reconstruction" and rec.images is None
     assert all(s.startswith("abandoned: matching loss became nan") for s in rec.restart_status)
     assert all(v is None for v in score(rec, batch).values())
+
+
+def test_batchnorm_statistics_recovered_exactly():
+    from segaudit.attacks.priors import client_batch_stats
+
+    torch.manual_seed(0)
+    model = build_model("unet", in_channels=1, classes=2, encoder_depth=3, decoder_channels=[16, 8, 4])
+    x = torch.randn(2, 1, 32, 32)
+    update = client_update(model, Batch(x, torch.zeros(2, 32, 32, dtype=torch.long), ("a", "b")))
+    stats = client_batch_stats(model, update)
+    conv1 = model.encoder.conv1(x).detach()
+    torch.testing.assert_close(stats["encoder.bn1"][0], conv1.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(stats["encoder.bn1"][1], conv1.var((0, 2, 3)), atol=1e-5, rtol=1e-4)
+    assert client_batch_stats(model, client_update(model, Batch(x, torch.zeros(2, 32, 32, dtype=torch.long),
+                                                                ("a", "b")), train_mode=False)) == {}

@@ -8,7 +8,7 @@ import pytest
 from segaudit.cli import build_parser, main
 from segaudit.updates import load_update
 
-COMMANDS = ["train", "update", "demo", "info"]
+COMMANDS = ["attack", "train", "update", "demo", "info"]
 
 
 def run_cli(*args, cwd=None):
@@ -72,4 +72,43 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, args, match
     r = run_cli("--quiet", *args, cwd=tmp_path)
     assert r.returncode == 2
     assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and match in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+RESULT_KEYS = {"attack", "arch", "encoder", "batch_size", "steps", "runtime_s", "status", "metrics"}
+METRIC_KEYS = {"mse", "psnr", "ssim", "mask_dice", "mask_iou", "label_acc"}
+
+
+def test_attack_cli_writes_result_and_figure(tmp_path):
+    out = tmp_path / "att"
+    assert main(["--quiet", "attack", "--data", "nuclei", "--size", "64", "--batch-size", "2", "--attack", "ig",
+                 "--steps", "2", "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert RESULT_KEYS <= set(result) and set(result["metrics"]) == METRIC_KEYS
+    assert result["status"] == "ok" and result["batch_size"] == 2 and result["metrics"]["label_acc"] is None
+    assert (out / "reconstruction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_attack_cli_classification_from_image_and_label(tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    Image.fromarray((np.random.default_rng(0).random((32, 32)) * 255).astype("uint8")).save(tmp_path / "x.png")
+    out = tmp_path / "att"
+    assert main(["--quiet", "attack", "--arch", "lenet", "--image", str(tmp_path / "x.png"), "--label", "3",
+                 "--classes", "5", "--size", "32", "--attack", "dlg", "--steps", "2", "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["arch"] == "lenet" and result["metrics"]["mask_dice"] is None and result["metrics"]["label_acc"] == 1.0
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--image", "missing.png"], "does not exist"),
+    (["--arch", "lenet", "--data", "brain_mri", "--size", "32", "--label", "7"], "--label 7 is outside 0..3"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--attack", "magic"], "invalid choice"),
+    (["--model", "nowhere"], "nowhere"),
+])
+def test_attack_cli_bad_inputs(tmp_path, args, match):
+    r = run_cli("--quiet", "attack", "--steps", "1", "--out", "o", *args, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and match in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []

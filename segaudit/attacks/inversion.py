@@ -15,6 +15,7 @@ from ..progress import progress
 from ..types import ClientUpdate, Prior, Reconstruction
 from .base import ATTACKS, Attack, RestartResult, best_restart, box_bounds, total_variation
 from .objectives import GradientMatcher, simulate_update
+from .priors import BatchNormPrior
 
 
 @dataclass
@@ -27,6 +28,8 @@ class InversionAttack(Attack):
         seed: makes the attack reproducible on CPU.
         objective: a name in :data:`~segaudit.attacks.objectives.OBJECTIVES`.
         layers: restrict matching to these parameter names/prefixes (``None`` = all).
+        bn: weight of the BatchNorm-statistics prior, used when the client's buffers reveal its batch
+            statistics (see :class:`~segaudit.attacks.priors.BatchNormPrior`); 0 disables it.
         show_progress: a progress bar over steps.
     """
 
@@ -35,23 +38,30 @@ class InversionAttack(Attack):
     seed: int = 0
     objective: str = "l2"
     layers: tuple[str, ...] | None = None
+    bn: float = 0.0
     show_progress: bool = False
 
     def _run(self, model: nn.Module, update: ClientUpdate, prior: Prior) -> Reconstruction:
         matcher = GradientMatcher(update.tensors, self.objective, self.layers)
         params = {n: p.detach() for n, p in model.named_parameters() if n in update.tensors}
         buffers = {n: b.detach() for n, b in model.named_buffers()}
+        bn_prior = BatchNormPrior.from_update(model, update) if self.bn > 0 else None
 
         def simulate(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            return matcher(simulate_update(model, params, buffers, images, targets, update.meta))
+            loss = matcher(simulate_update(model, params, buffers, images, targets, update.meta))
+            return loss if bn_prior is None else loss + self.bn * bn_prior.distance()
 
         results, extras = [], self._analytic(model, update, prior)
-        for r in range(self.restarts):
-            gen = torch.Generator().manual_seed(self.seed + r)
-            try:
-                results.append(self._restart(simulate, prior, gen, extras))
-            except FloatingPointError as e:
-                results.append(RestartResult(None, None, [], f"abandoned: {e}"))
+        try:
+            for r in range(self.restarts):
+                gen = torch.Generator().manual_seed(self.seed + r)
+                try:
+                    results.append(self._restart(simulate, prior, gen, extras))
+                except FloatingPointError as e:
+                    results.append(RestartResult(None, None, [], f"abandoned: {e}"))
+        finally:
+            if bn_prior is not None:
+                bn_prior.remove()
         return best_restart(results, prior.task, extras)
 
     def _analytic(self, model: nn.Module, update: ClientUpdate, prior: Prior) -> dict:
@@ -61,8 +71,8 @@ class InversionAttack(Attack):
     def _restart(self, simulate, prior: Prior, gen: torch.Generator, extras: dict) -> RestartResult:
         raise NotImplementedError
 
-    def _steps(self, desc: str):
-        return progress(range(self.steps), desc, total=self.steps, enabled=self.show_progress)
+    def _steps(self):
+        return progress(range(self.steps), type(self).__name__, total=self.steps, enabled=self.show_progress)
 
 
 def _target_shape(prior: Prior) -> tuple[int, ...]:
@@ -103,7 +113,7 @@ class DLG(InversionAttack):
             loss.backward()
             return loss
 
-        for step in self._steps("dlg"):
+        for step in self._steps():
             history.append(_check_finite(opt.step(closure), step))
         return RestartResult(x.detach(), logits.detach().softmax(1), history)
 
@@ -149,7 +159,7 @@ class InvertingGradients(InversionAttack):
         sched = torch.optim.lr_scheduler.MultiStepLR(
             opt, milestones=[int(self.steps * f) for f in (3 / 8, 5 / 8, 7 / 8)], gamma=0.1)
         history: list[float] = []
-        for step in self._steps("ig"):
+        for step in self._steps():
             opt.zero_grad()
             match = simulate(x, logits.softmax(1))
             (match + self.tv * total_variation(x)).backward()
@@ -161,3 +171,21 @@ class InvertingGradients(InversionAttack):
             with torch.no_grad():
                 x.clamp_(lo, hi)
         return RestartResult(x.detach(), logits.detach().softmax(1), history)
+
+
+@ATTACKS.register("seg")
+@dataclass
+class SegmentationInversion(InvertingGradients):
+    """The segmentation attack: image and per-pixel mask logits optimised jointly.
+
+    What differs from :class:`InvertingGradients`:
+
+    * the matching loss averages the cosine distance **per parameter tensor** (``layer_cosine``), so the
+      early encoder layers, which carry the image detail, weigh as much as the large decoder tensors;
+    * the mask logits start from the class composition recovered analytically from the head's bias;
+    * when the client shares BatchNorm buffers after a train-mode FedSGD step, the batch mean and
+      variance of every BatchNorm input are matched (GradInversion's prior, exact here).
+    """
+
+    objective: str = "layer_cosine"
+    bn: float = 1e-2

@@ -1,0 +1,68 @@
+"""Image priors an attacker adds to the matching loss."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..types import ClientUpdate
+
+
+class BatchNormPrior:
+    """Match the per-channel mean and variance of every BatchNorm input to the client's batch statistics.
+
+    A client that shares its BatchNorm buffers after one train-mode step reveals them exactly:
+    ``running = (1 - m) * old + m * batch_stat`` with the momentum ``m`` and ``old`` known to the server,
+    so ``batch_stat = (running - (1 - m) * old) / m`` (variance unbiased, as PyTorch stores it).
+    Forward hooks record the statistics of the attacker's dummy batch on its first forward of a round.
+    """
+
+    def __init__(self, model: nn.Module, targets: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+        self.targets = targets
+        self.records: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        modules = dict(model.named_modules())
+        self.handles = [modules[name].register_forward_hook(self._hook(name)) for name in targets]
+
+    @classmethod
+    def from_update(cls, model: nn.Module, update: ClientUpdate) -> "BatchNormPrior | None":
+        """The prior for ``update``, or ``None`` when it reveals no batch statistics."""
+        stats = client_batch_stats(model, update)
+        return cls(model, stats) if stats else None
+
+    def _hook(self, name: str):
+        def record(module, inputs, output):
+            if name not in self.records:
+                x = inputs[0]
+                self.records[name] = (x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=True))
+        return record
+
+    def distance(self) -> torch.Tensor:
+        """Mean over layers of ``||mean - mean*||^2 + ||var - var*||^2`` for the last forward; then resets."""
+        total = sum((m - self.targets[n][0]).pow(2).sum() + (v - self.targets[n][1]).pow(2).sum()
+                    for n, (m, v) in self.records.items())
+        count = max(len(self.records), 1)
+        self.records = {}
+        return total / count
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def client_batch_stats(model: nn.Module, update: ClientUpdate) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """BatchNorm module name -> (batch mean ``[C]``, unbiased batch variance ``[C]``) revealed by ``update``.
+
+    Empty unless the update is a train-mode FedSGD step (or one FedAvg step) that shares the buffers.
+    """
+    meta = update.meta
+    if not meta.train_mode or not update.buffers or meta.local_steps != 1:
+        return {}
+    stats = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.modules.batchnorm._BatchNorm) or module.momentum is None:
+            continue
+        new_mean, new_var = update.buffers.get(f"{name}.running_mean"), update.buffers.get(f"{name}.running_var")
+        if new_mean is None or new_var is None or module.running_mean is None:
+            continue
+        m = module.momentum
+        stats[name] = ((new_mean - (1 - m) * module.running_mean) / m, (new_var - (1 - m) * module.running_var) / m)
+    return stats

@@ -1,0 +1,50 @@
+"""One attack experiment: simulate a client's update on a batch, attack it, score the result."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ..fl import client_update
+from ..metrics import score
+from ..types import Batch, ClientUpdate, Prior, Reconstruction
+from . import ATTACKS
+
+
+@dataclass
+class AttackOutcome:
+    """An attack's reconstruction, its scores against the truth, and how it was obtained."""
+
+    reconstruction: Reconstruction
+    metrics: dict[str, float | None]
+    update: ClientUpdate
+    runtime_s: float
+    settings: dict = field(default_factory=dict)
+
+
+def attack_batch(model: nn.Module, batch: Batch, attack: str = "seg", *, mode: str = "fedsgd",
+                 local_steps: int = 1, lr: float = 0.01, loss: str = "ce", train_mode: bool = True,
+                 **attack_options) -> AttackOutcome:
+    """Simulate the client's update on ``batch``, run ``attack`` on it (no access to the batch), score it.
+
+    Args:
+        model: the global model the client starts from.
+        batch: the client's private batch (used for the update and, afterwards, for scoring only).
+        attack: a name in :data:`~segaudit.attacks.ATTACKS` (``"dlg"``, ``"ig"``, ``"seg"``).
+        mode, local_steps, lr, loss, train_mode: the client's protocol (see :func:`segaudit.fl.client_update`).
+        **attack_options: e.g. ``steps``, ``restarts``, ``seed``, ``show_progress``.
+
+    Example:
+        >>> outcome = attack_batch(build_model("unet", in_channels=1), batch, "seg", steps=500)
+        >>> outcome.metrics["psnr"], outcome.metrics["mask_dice"]
+    """
+    attacker = ATTACKS.create(attack, **attack_options)
+    update = client_update(model, batch, mode=mode, local_steps=local_steps, lr=lr, loss=loss, train_mode=train_mode)
+    prior = Prior.from_batch_shape(batch)
+    start = time.perf_counter()
+    rec = attacker.run(model, update, prior)
+    runtime = time.perf_counter() - start
+    settings = {"attack": attack, "mode": mode, "local_steps": local_steps, "lr": lr, "loss": loss,
+                "train_mode": train_mode, **{k: v for k, v in attack_options.items() if k != "show_progress"}}
+    return AttackOutcome(rec, score(rec, batch), update, runtime, settings)

@@ -1,0 +1,60 @@
+"""Figures written next to results (PNG, matplotlib's Agg backend: no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..io import atomic_path
+from ..metrics import denormalize, match_order
+from ..types import Batch, Reconstruction
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _show(image) -> np.ndarray:
+    """``[C,H,W]`` in [0, 1] -> an array imshow takes (greyscale squeezed)."""
+    array = image.permute(1, 2, 0).numpy()
+    return array[..., 0] if array.shape[-1] == 1 else array
+
+
+def reconstruction_grid(batch: Batch, rec: Reconstruction, path: str | Path, title: str = "") -> Path:
+    """One row per client image: ground truth, reconstruction, true mask, recovered mask (matched order)."""
+    plt = _pyplot()
+    mean, std = batch.mean or (0.5,), batch.std or (0.5,)
+    true = denormalize(batch.images.detach(), mean, std)
+    found = denormalize(rec.images.detach(), mean, std) if rec.images is not None else None
+    perm = match_order(found, true) if found is not None else None
+    seg = batch.task == "segmentation"
+    cols = ["ground truth", "reconstruction"] + (["true mask", "recovered mask"] if seg else [])
+    n = len(batch)
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.2 * len(cols), 2.2 * n), squeeze=False)
+    k = max(batch.num_classes - 1, 1)
+    for i in range(n):
+        panels = [_show(true[i]), _show(found[perm[i]]) if found is not None else None]
+        if seg:
+            panels += [batch.masks[i].numpy(), rec.masks[perm[i]].numpy() if rec.masks is not None else None]
+        for j, (ax, panel) in enumerate(zip(axes[i], panels)):
+            ax.set_axis_off()
+            if i == 0:
+                ax.set_title(cols[j], fontsize=9)
+            if panel is None:
+                ax.text(0.5, 0.5, "no valid\nreconstruction", ha="center", va="center", fontsize=8)
+            elif j < 2:
+                ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=1)
+            else:
+                ax.imshow(panel, cmap="viridis", vmin=0, vmax=k, interpolation="nearest")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
