@@ -81,7 +81,7 @@ def test_composition_exact_when_softmax_is_known():
     for kw in (dict(), dict(reduction="sum"), dict(mode="fedavg", lr=0.1, local_steps=1)):
         update = client_update(model, batch, **kw)
         comp = estimate_composition(model, update, Prior((1, 32, 32), 2, 3))
-        torch.testing.assert_close(comp.double(), truth, atol=1e-6, rtol=0)
+        torch.testing.assert_close(comp.double(), truth, atol=1e-5, rtol=0)  # float32 sums
 
 
 def test_refuses_update_of_another_arch(seg_case):
