@@ -19,7 +19,7 @@ from segaudit.train import train_model
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--archs", default="unet,deeplabv3plus,fpn")
     ap.add_argument("--batches", default="1,4")
     ap.add_argument("--modes", default="fedsgd,fedavg")

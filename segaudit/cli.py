@@ -141,13 +141,15 @@ def cmd_attack(args) -> int:
         model = build_model(args.arch, encoder=args.encoder, in_channels=args.in_channels or data.channels,
                             classes=args.classes or data.num_classes, **extra)
     batch = _attack_batch(args, data, model)
+    budget = {"steps": args.steps} if args.steps is not None else {}
     outcome = attack_batch(model, batch, args.attack, mode=args.mode, local_steps=args.local_steps, lr=args.lr,
-                           train_mode=args.client_mode == "train", steps=args.steps, restarts=args.restarts,
-                           seed=args.seed, show_progress=not args.quiet)
+                           train_mode=args.client_mode == "train", restarts=args.restarts, seed=args.seed,
+                           show_progress=not args.quiet, **budget)
     spec = model_spec(model)
     rec = outcome.reconstruction
     result = {"attack": args.attack, "arch": spec["arch"], "encoder": spec["encoder"], "batch_size": len(batch),
-              "steps": args.steps, "restarts": args.restarts, "mode": args.mode, "local_steps": args.local_steps,
+              "steps": outcome.settings["steps"], "restarts": args.restarts, "mode": args.mode,
+              "local_steps": args.local_steps,
               "client_mode": args.client_mode, "size": args.size, "seed": args.seed,
               "runtime_s": outcome.runtime_s, "status": rec.status, "metrics": outcome.metrics,
               "restart_losses": rec.restart_losses, "restart_status": rec.restart_status,
@@ -232,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-mode", choices=("train", "eval"), default="train",
                    help="the client's model mode (BatchNorm on batch or running statistics)")
     p.add_argument("--attack", choices=ATTACKS.available(), default="seg")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, help="optimisation steps per restart (default: the attack's own, e.g. 200 for seg)")
     p.add_argument("--restarts", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     _add_out_args(p)

@@ -105,10 +105,11 @@ def test_attack_cli_classification_from_image_and_label(tmp_path):
     (["--image", "missing.png"], "does not exist"),
     (["--arch", "lenet", "--data", "brain_mri", "--size", "32", "--label", "7"], "--label 7 is outside 0..3"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--steps", "0"], "at least 1 step"),
     (["--attack", "magic"], "invalid choice"),
     (["--model", "nowhere"], "nowhere"),
 ])
 def test_attack_cli_bad_inputs(tmp_path, args, match):
-    r = run_cli("--quiet", "attack", "--steps", "1", "--out", "o", *args, cwd=tmp_path)
+    r = run_cli("--quiet", "attack", "--out", "o", *(args if "--steps" in args else ["--steps", "1", *args]), cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and match in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import SegauditError
 from ..progress import progress
 from ..types import ClientUpdate, Prior, Reconstruction
 from .base import ATTACKS, Attack, RestartResult, best_restart, box_bounds, total_variation
@@ -45,6 +46,11 @@ class InversionAttack(Attack):
     bn: float = 0.0
     show_progress: bool = False
     callback: Callable[[int, torch.Tensor], None] | None = None
+
+    def __post_init__(self):
+        if self.steps < 1 or self.restarts < 1:
+            raise SegauditError(f"an attack needs at least 1 step and 1 restart, got steps={self.steps}, "
+                                f"restarts={self.restarts}")
 
     def _run(self, model: nn.Module, update: ClientUpdate, prior: Prior) -> Reconstruction:
         matcher = GradientMatcher(update.tensors, self.objective, self.layers)
@@ -203,6 +209,7 @@ class SegmentationInversion(InvertingGradients):
         stages: ``(downscale, end fraction of the steps, lr scale)`` per stage.
     """
 
+    steps: int = 200
     objective: str = "layer_cosine"
     tv: float = 1e-3
     bn: float = 1e-2

@@ -46,5 +46,6 @@ def attack_batch(model: nn.Module, batch: Batch, attack: str = "seg", *, mode: s
     rec = attacker.run(model, update, prior)
     runtime = time.perf_counter() - start
     settings = {"attack": attack, "mode": mode, "local_steps": local_steps, "lr": lr, "loss": loss,
-                "train_mode": train_mode, **{k: v for k, v in attack_options.items() if k != "show_progress"}}
+                "train_mode": train_mode,
+                **{k: getattr(attacker, k) for k in ("steps", "restarts", "seed", "objective") if hasattr(attacker, k)}}
     return AttackOutcome(rec, score(rec, batch), update, runtime, settings)
