@@ -148,3 +148,12 @@ def test_seg_known_answer_unet_eval_mode():
     out = attack_batch(model, batch, "seg", train_mode=False, steps=200, seed=0)
     corr = torch.corrcoef(torch.stack([out.reconstruction.images.flatten(), batch.images.flatten()]))[0, 1]
     assert corr > 0.5 and out.metrics["psnr"] > 21 and out.metrics["mask_dice"] > 0.75
+
+
+@pytest.mark.parametrize("kw", [dict(mode="fedavg", local_steps=2, lr=0.01), dict(train_mode=True)])
+def test_seg_runs_on_fedavg_deltas_and_train_mode_updates(seg_case, kw):
+    model, batch, _, prior = seg_case
+    two = make_batch(load_dataset("nuclei"), [0, 1], size=32, fit="crop", seed=0)  # BatchNorm needs 2 in train mode
+    update = client_update(model, two, **kw)
+    rec = ATTACKS.create("seg", steps=3).run(model, update, Prior.from_batch_shape(two))
+    assert rec.status == "ok" and rec.images.shape == two.images.shape and len(rec.history) == 4
