@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from .errors import SegauditError
 
@@ -36,28 +35,29 @@ def _add_out_args(p: argparse.ArgumentParser, default: str | None = None) -> Non
     p.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
 
 
-def _model_and_data(args):
-    """Load the dataset and the model (trained, or freshly built for the data's channels and classes)."""
-    from .data import load_dataset
+def _model_for(args, data):
+    """The trained ``--model`` (checked against the data's channels), or a fresh ``--arch`` model for the data."""
     from .models import build_model, load_model
 
-    data = load_dataset(args.data, classes=args.classes)
-    if args.model:
+    if getattr(args, "model", None):
         model = load_model(args.model)
     else:
-        model = build_model(args.arch, encoder=args.encoder, in_channels=data.channels, classes=len(data.class_names))
-    return model, data
+        extra = {"size": args.size} if args.arch.lower() == "lenet" else {}
+        model = build_model(args.arch, encoder=args.encoder, classes=args.classes or data.num_classes,
+                            in_channels=getattr(args, "in_channels", None) or data.channels, **extra)
+    data.check_channels(model.segaudit_spec["in_channels"])
+    return model
 
 
 def cmd_train(args) -> int:
     from .data import load_dataset
     from .io import atomic_dir, check_out_dir, write_json
-    from .models import build_model, save_model
+    from .models import save_model
     from .train import train_model
 
     out = check_out_dir(args.out, args.force)
     data = load_dataset(args.data, classes=args.classes)
-    model = build_model(args.arch, encoder=args.encoder, in_channels=data.channels, classes=len(data.class_names))
+    model = _model_for(args, data)
     result = train_model(model, data, size=args.size, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          seed=args.seed, progress=not args.quiet)
     with atomic_dir(out) as tmp:
@@ -68,13 +68,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_update(args) -> int:
-    from .data import make_batch
+    from .data import load_dataset, make_batch
     from .fl import client_update
     from .io import check_out_file
     from .updates import save_update
 
     check_out_file(args.out, args.force, ".safetensors")
-    model, data = _model_and_data(args)
+    data = load_dataset(args.data, classes=args.classes)
+    model = _model_for(args, data)
     batch = make_batch(data, list(range(args.batch_size)), size=args.size, seed=args.seed, fit="crop")
     update = client_update(model, batch, mode=args.mode, local_steps=args.local_steps, lr=args.lr, loss=args.loss)
     path = save_update(update, args.out, force=args.force)
@@ -103,7 +104,6 @@ def _attack_batch(args, data, model):
 
     if args.batch_size < 1:
         raise SegauditError(f"--batch-size must be at least 1, got {args.batch_size}")
-    data.check_channels(model.segaudit_spec["in_channels"])
     # more images than the dataset holds: distinct random crops of the same images
     batch = make_batch(data, [i % len(data) for i in range(args.batch_size)], size=args.size, seed=args.seed,
                        fit="crop" if data.min_size >= args.size else "resize", stride=_stride(model))
@@ -129,17 +129,12 @@ def _stride(model) -> int:
 def cmd_attack(args) -> int:
     from .attacks.runner import attack_batch
     from .io import atomic_dir, check_out_dir, write_json
-    from .models import build_model, load_model, model_spec
+    from .models import model_spec
     from .report.plots import reconstruction_grid
 
     out = check_out_dir(args.out, args.force)
     data = _attack_data(args)
-    if args.model:
-        model = load_model(args.model)
-    else:
-        extra = {"size": args.size} if args.arch.lower() == "lenet" else {}
-        model = build_model(args.arch, encoder=args.encoder, in_channels=args.in_channels or data.channels,
-                            classes=args.classes or data.num_classes, **extra)
+    model = _model_for(args, data)
     batch = _attack_batch(args, data, model)
     budget = {"steps": args.steps} if args.steps is not None else {}
     outcome = attack_batch(model, batch, args.attack, mode=args.mode, local_steps=args.local_steps, lr=args.lr,
