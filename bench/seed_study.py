@@ -14,7 +14,6 @@ The large models cost ~20 forward + double-backward passes per step at 224-299 p
 --big-steps small; the full 300-step study belongs on a GPU.
 """
 import argparse
-import json
 import time
 from pathlib import Path
 

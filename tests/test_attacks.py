@@ -3,7 +3,6 @@ import inspect
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from segaudit import SegauditError
 from segaudit.attacks import ATTACKS, Attack

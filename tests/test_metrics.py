@@ -1,7 +1,6 @@
 """Metrics against hand-computed values and scikit-image references."""
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
