@@ -110,6 +110,8 @@ class Prior:
         task: segmentation or classification.
         mean, std: the normalisation of the client's images (per channel).
         bn_stats: optional layer name -> (mean, var) of BatchNorm inputs, when shared.
+        public_images: ``[M,C,H,W]`` normalised images of the same kind that the attacker holds (a public
+            dataset, never the client's); used to estimate the client's mean softmax.
     """
 
     image_shape: tuple[int, int, int]
@@ -119,6 +121,7 @@ class Prior:
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     bn_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+    public_images: torch.Tensor | None = None
 
     @classmethod
     def from_batch_shape(cls, batch: Batch, **kw) -> "Prior":

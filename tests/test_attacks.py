@@ -156,3 +156,11 @@ def test_seg_runs_on_fedavg_deltas_and_train_mode_updates(seg_case, kw):
     update = client_update(model, two, **kw)
     rec = ATTACKS.create("seg", steps=3).run(model, update, Prior.from_batch_shape(two))
     assert rec.status == "ok" and rec.images.shape == two.images.shape and len(rec.history) == 4
+
+
+def test_composition_uses_public_images_when_the_attacker_has_them(seg_case):
+    model, batch, update, prior = seg_case
+    public = make_batch(load_dataset("nuclei"), [4, 5], size=32, fit="crop", seed=3).images
+    with_public = estimate_composition(model, update, Prior.from_batch_shape(batch, public_images=public))
+    explicit = estimate_composition(model, update, prior, reference=public)
+    assert torch.equal(with_public, explicit) and not torch.equal(with_public, estimate_composition(model, update, prior))

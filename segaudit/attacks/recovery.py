@@ -67,8 +67,9 @@ def estimate_composition(model: nn.Module, update: ClientUpdate, prior: Prior,
     """Per-class share of the client's pixels (segmentation) or samples (classification), ``[K]``.
 
     Args:
-        reference: images whose softmax stands in for the client's (e.g. a reconstruction); default:
-            :func:`probe_images` run in batches of the client's size (BatchNorm sees the same batch size).
+        reference: images whose softmax stands in for the client's (e.g. a reconstruction); default: the
+            prior's ``public_images`` (measured best: MAE <= 0.009 for batches 1-32 on an untrained U-Net,
+            ``bench/composition.py``), else smooth :func:`probe_images` (MAE up to 0.013 at batch 32).
 
     Returns:
         Non-negative shares summing to 1.
@@ -76,6 +77,8 @@ def estimate_composition(model: nn.Module, update: ClientUpdate, prior: Prior,
     name = head_bias_name(model, update, prior.num_classes)
     pixels = prior.image_shape[1] * prior.image_shape[2] if prior.task == "segmentation" else 1
     g = mean_bias_gradient(update, name, pixels)
+    if reference is None:
+        reference = prior.public_images
     if reference is None:
         n = max(prior.batch_size, 2) if update.meta.train_mode else prior.batch_size
         reference = probe_images(prior, count=n)
