@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import SegauditError
 from ..types import ClientUpdate, Prior
+from .base import box_bounds
 
 
 def head_bias_name(model: nn.Module, update: ClientUpdate, num_classes: int) -> str:
@@ -52,8 +53,6 @@ def mean_softmax(model: nn.Module, images: torch.Tensor, train_mode: bool) -> to
 
 def probe_images(prior: Prior, count: int = 8, seed: int = 0) -> torch.Tensor:
     """Smooth random images ``[count,C,H,W]`` inside the client's value box, the attacker's stand-in data."""
-    from .base import box_bounds
-
     gen = torch.Generator().manual_seed(seed)
     c, h, w = prior.image_shape
     coarse = torch.rand((count, c, max(h // 8, 1), max(w // 8, 1)), generator=gen)
