@@ -75,17 +75,24 @@ def client_update(
     return ClientUpdate(tensors, meta, buffers)
 
 
+def local_batches(n: int, meta: UpdateMeta) -> list[list[int]]:
+    """Sample positions of each FedAvg local step: ``local_batch_size`` at a time, in order, cycling over N.
+
+    The client and the attacker's simulation both use this, so their mini-batch order is the same.
+    """
+    bs = meta.local_batch_size or n
+    return [[(step * bs + i) % n for i in range(bs)] for step in range(meta.local_steps)]
+
+
 def _run_client(client: nn.Module, batch: Batch, meta: UpdateMeta) -> dict[str, torch.Tensor]:
     """Gradients (FedSGD) or the weight delta after ``meta.local_steps`` SGD steps (FedAvg), by name."""
     params = trainable_params(client)
-    n = len(batch)
     if meta.mode == "fedsgd":
         value = task_loss(client(batch.images), batch.masks, meta.loss, meta.reduction)
         return {name: g.detach() for name, g in zip(params, torch.autograd.grad(value, list(params.values())))}
+    n = len(batch)
     before = {name: p.detach().clone() for name, p in params.items()}
-    bs = meta.local_batch_size
-    for step in range(meta.local_steps):
-        idx = [(step * bs + i) % n for i in range(bs)]
+    for idx in local_batches(n, meta):
         value = task_loss(client(batch.images[idx]), batch.masks[idx], meta.loss, meta.reduction)
         grads = torch.autograd.grad(value, list(params.values()))
         with torch.no_grad():

@@ -22,8 +22,6 @@ from ..types import ClientUpdate, Prior, Reconstruction
 class Attack(ABC):
     """Base class of every attack. Subclasses implement :meth:`_run` on validated inputs."""
 
-    name: str = "attack"
-
     def run(self, model: nn.Module, update: ClientUpdate, prior: Prior) -> Reconstruction:
         """Attack ``update`` of ``model``; the model itself is never modified.
 

@@ -12,6 +12,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import SegauditError
+from ..fl import local_batches
 from ..losses import task_loss
 from ..registry import Registry
 from ..types import UpdateMeta
@@ -136,10 +137,8 @@ def simulate_update(model: nn.Module, params: Tensors, buffers: Tensors, images:
     n = images.shape[0]
     if meta.mode == "fedsgd":
         return dict(zip(names, grads_at(start, slice(None))))
-    bs = meta.local_batch_size or n
     weights = list(start)
-    for step in range(meta.local_steps):
-        idx = [(step * bs + i) % n for i in range(bs)]
+    for idx in local_batches(n, meta):
         weights = [w - meta.lr * g for w, g in zip(weights, grads_at(weights, idx))]
     return {name: w - s for name, w, s in zip(names, weights, start)}
 
