@@ -17,6 +17,7 @@ from ..errors import SegauditError
 from ..progress import progress
 from ..types import ClientUpdate, Prior, Reconstruction
 from .base import ATTACKS, Attack, RestartResult, best_restart, box_bounds, total_variation
+from .adaptive import Adaptation, adapt_to_defense
 from .objectives import GradientMatcher, simulate_update
 from .priors import BatchNormPrior
 
@@ -33,6 +34,8 @@ class InversionAttack(Attack):
         layers: restrict matching to these parameter names/prefixes (``None`` = all).
         bn: weight of the BatchNorm-statistics prior, used when the client's buffers reveal its batch
             statistics (see :class:`~segaudit.attacks.priors.BatchNormPrior`); 0 disables it.
+        adaptive: read ``update.meta.defense`` and adapt the matching loss to the defense the client applied
+            (see :func:`~segaudit.attacks.adaptive.adapt_to_defense`); ``False`` is the naive attacker.
         show_progress: a progress bar over steps.
         callback: ``callback(step, images)`` after every step (e.g. to plot progress); it gets the attack's
             current images ``[N,C,H,W]`` only.
@@ -44,6 +47,7 @@ class InversionAttack(Attack):
     objective: str = "l2"
     layers: tuple[str, ...] | None = None
     bn: float = 0.0
+    adaptive: bool = True
     show_progress: bool = False
     callback: Callable[[int, torch.Tensor], None] | None = None
 
@@ -53,7 +57,9 @@ class InversionAttack(Attack):
                                 f"restarts={self.restarts}")
 
     def _run(self, model: nn.Module, update: ClientUpdate, prior: Prior) -> Reconstruction:
-        matcher = GradientMatcher(update.tensors, self.objective, self.layers)
+        adaptation = adapt_to_defense(update) if self.adaptive else Adaptation()
+        matcher = GradientMatcher(update.tensors, self.objective, self.layers, weights=adaptation.weights,
+                                  support_only=adaptation.support_only)
         params = {n: p.detach() for n, p in model.named_parameters() if n in update.tensors}
         buffers = {n: b.detach() for n, b in model.named_buffers()}
         bn_prior = BatchNormPrior.from_update(model, update) if self.bn > 0 else None
@@ -62,7 +68,7 @@ class InversionAttack(Attack):
             loss = matcher(simulate_update(model, params, buffers, images, targets, update.meta))
             return loss if bn_prior is None else loss + self.bn * bn_prior.distance()
 
-        results, extras = [], self._analytic(model, update, prior)
+        results, extras = [], {**self._analytic(model, update, prior), "adaptation": adaptation.summary()}
         try:
             for r in range(self.restarts):
                 gen = torch.Generator().manual_seed(self.seed + r)
@@ -222,6 +228,10 @@ class SegmentationInversion(InvertingGradients):
                 return down, lr_scale
         return self.stages[-1][0], self.stages[-1][2]
 
+    def _joint_variables(self) -> list[torch.Tensor]:
+        """Extra leaf tensors optimised jointly with the image and mask (e.g. dropout masks); none here."""
+        return []
+
     def _restart(self, simulate, prior, gen, extras) -> RestartResult:
         n, (c, h, w) = prior.batch_size, prior.image_shape
         lo, hi = box_bounds(prior)
@@ -236,7 +246,7 @@ class SegmentationInversion(InvertingGradients):
                 stage, size = down, (max(h // down, 1), max(w // down, 1))
                 x = _resize(x.detach(), size).requires_grad_()
                 m = _resize(m.detach(), size).requires_grad_()
-                opt = torch.optim.Adam([x, m], lr=self.lr)
+                opt = torch.optim.Adam([x, m, *self._joint_variables()], lr=self.lr)
             for group in opt.param_groups:
                 group["lr"] = self.lr * lr_scale * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / self.steps)))
             opt.zero_grad()
@@ -247,8 +257,9 @@ class SegmentationInversion(InvertingGradients):
             history.append(value)
             if value < best[0]:
                 best = (value, x_full.detach(), m_full.detach())
-            x.grad.sign_()
-            m.grad.sign_()
+            for v in (x, m, *self._joint_variables()):
+                if v.grad is not None:
+                    v.grad.sign_()
             opt.step()
             with torch.no_grad():
                 x.clamp_(lo, hi)

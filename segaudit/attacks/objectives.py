@@ -67,6 +67,8 @@ class GradientMatcher:
         objective: a name in :data:`OBJECTIVES` (``"l2"``, ``"cosine"``, ``"layer_cosine"``).
         layers: parameter names (or name prefixes such as ``"encoder.layer1"``) to match; ``None`` = all.
         weights: optional per-name (or per-prefix) weights; unnamed tensors weigh 1.
+        support_only: compare only the entries where the shared tensor is non-zero (the simulated tensor is
+            multiplied by ``target != 0``): for pruned or sparsified updates, whose zeros mean "not sent".
 
     Example:
         >>> match = GradientMatcher(update.tensors, "layer_cosine", layers=["decoder", "segmentation_head"])
@@ -74,14 +76,18 @@ class GradientMatcher:
     """
 
     def __init__(self, target: Tensors, objective: str = "layer_cosine", layers: Iterable[str] | None = None,
-                 weights: Mapping[str, float] | None = None):
+                 weights: Mapping[str, float] | None = None, support_only: bool = False):
         self.objective = OBJECTIVES.get(objective)
         self.names = select_names(target, layers)
         self.target = [target[n].detach() for n in self.names]
         self.weights = [_lookup(weights or {}, n, 1.0) for n in self.names]
+        self.support = [(t != 0).to(t.dtype) for t in self.target] if support_only else None
 
     def __call__(self, simulated: Tensors) -> torch.Tensor:
-        return self.objective([simulated[n] for n in self.names], self.target, self.weights)
+        dummy = [simulated[n] for n in self.names]
+        if self.support is not None:
+            dummy = [d * s for d, s in zip(dummy, self.support)]
+        return self.objective(dummy, self.target, self.weights)
 
 
 def select_names(tensors: Iterable[str], layers: Iterable[str] | None) -> list[str]:
