@@ -58,3 +58,25 @@ def reconstruction_grid(batch: Batch, rec: Reconstruction, path: str | Path, tit
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def layer_scores_chart(report, path: str | Path) -> Path:
+    """Horizontal bars of each layer group's combined leakage score (a ``LayerReport``), model order."""
+    plt = _pyplot()
+    groups = report.groups
+    colors = {"encoder": "tab:blue", "decoder": "tab:orange", "skip": "tab:green", "head": "tab:red"}
+    fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(groups) + 1.2))
+    ys = np.arange(len(groups))[::-1]
+    ax.barh(ys, [g.score or 0.0 for g in groups], color=[colors.get(g.kind, "tab:gray") for g in groups])
+    ax.set_yticks(ys, [g.name + ("" if g.score is not None else " (unscored)") for g in groups], fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("combined leakage score (0 = none, 1 = fully exposed)")
+    for kind, color in colors.items():
+        if any(g.kind == kind for g in groups):
+            ax.barh([], [], color=color, label=kind)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
