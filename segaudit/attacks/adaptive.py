@@ -8,7 +8,7 @@ The server reads ``update.meta.defense`` (name and parameters, see :mod:`segaudi
   tensors; its rounding error is matched as it is, which cosine objectives tolerate.)
 * ``clip``: nothing to do for the cosine objectives of ``seg``/``ig``, which are invariant to the one global
   scale factor that clipping applies (at any batch size, since the whole update is clipped once).
-* ``noise`` (and DP noise, when the defense records its per-entry noise std ``noise_std``): the attacker
+* ``noise`` and ``dp`` (DP-SGD, whose ``meta.defense`` records sigma and the clip norm C): the attacker
   knows sigma, so it can estimate each tensor's signal share from the shared update itself —
   ``||shared_l||^2 = ||g_l||^2 + n_l s^2`` — and weights tensor ``l`` by its estimated signal fraction
   ``max(1 - n_l s^2 / ||shared_l||^2, 1e-3)``: small tensors (biases, norm scales) that still stand above
@@ -68,12 +68,16 @@ def noise_std(update: ClientUpdate) -> float | None:
     """Per-entry standard deviation of the noise the defense added, as far as the attacker can tell.
 
     ``noise:sigma`` adds ``sigma * ||g||`` per entry; ``||g||`` is estimated from the shared norm as
-    ``||shared|| / sqrt(1 + sigma^2 D)``. A defense that records ``noise_std`` (e.g. DP-SGD's
-    ``noise_multiplier * clip / batch``) gives it directly. ``None`` when no noise was added.
+    ``||shared|| / sqrt(1 + sigma^2 D)``. ``dp`` (DP-SGD) adds ``sigma * clip`` to the sum of the clipped
+    per-sample gradients, so ``sigma * clip / N`` to the shared mean. A defense that records ``noise_std``
+    gives it directly. ``None`` when no noise was added.
     """
     spec = update.meta.defense or {}
     if spec.get("noise_std") is not None:
         return float(spec["noise_std"])
+    if spec.get("name") == "dp" and spec.get("sigma") is not None:  # noise sigma*C on the sum of N samples
+        per_sum = float(spec["sigma"]) * float(spec.get("clip", 1.0))
+        return per_sum / update.meta.batch_size if update.meta.reduction == "mean" else per_sum
     if spec.get("name") != "noise":
         return None
     sigma = float(spec.get("sigma", 0.0))
