@@ -56,14 +56,68 @@ def cmd_train(args) -> int:
     from .train import train_model
 
     out = check_out_dir(args.out, args.force)
+    dp_spec = _dp_spec(args)  # refuses DP options without --dp before any work
     data = load_dataset(args.data, classes=args.classes)
     model = _model_for(args, data)
-    result = train_model(model, data, size=args.size, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         seed=args.seed, progress=not args.quiet)
+    if dp_spec is not None:
+        from .privacy import train_private
+
+        budget = {"epochs": args.epochs} if args.epochs is not None else {"steps": args.steps}
+        private = train_private(model, data, dp_spec, size=args.size, batch_size=args.batch_size, lr=args.lr,
+                                seed=args.seed, progress=not args.quiet, **budget)
+        result = private.train
+    else:
+        result = train_model(model, data, size=args.size, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             seed=args.seed, progress=not args.quiet)
     with atomic_dir(out) as tmp:
         save_model(result.model, tmp / "model")
-        write_json(tmp / "train.json", result.summary())
-    print(f"held-out Dice {result.dice:.3f}  IoU {result.iou:.3f}  ({result.steps} steps, {result.seconds:.0f} s) -> {out / 'model'}")
+        write_json(tmp / "train.json", private.summary() if dp_spec is not None else result.summary())
+    dp_note = (f"  epsilon {private.epsilon:.3g} at delta {private.delta:g} (sigma {private.noise_multiplier:.3g}, "
+               f"C {private.max_grad_norm:g}, q {private.sample_rate:.3g}, {private.accountant})") if dp_spec is not None else ""
+    print(f"held-out Dice {result.dice:.3f}  IoU {result.iou:.3f}  ({result.steps} steps, {result.seconds:.0f} s)"
+          f"{dp_note} -> {out / 'model'}")
+    return 0
+
+
+def _dp_spec(args):
+    """The ``DPSpec`` of ``segaudit train --dp`` (None without --dp; DP options alone are refused)."""
+    dp_options = {"--target-epsilon": args.target_epsilon, "--noise-multiplier": args.noise_multiplier,
+                  "--epochs": args.epochs, "--delta": args.delta, "--max-grad-norm": args.max_grad_norm,
+                  "--accountant": args.accountant}
+    if not args.dp:
+        given = [k for k, v in dp_options.items() if v is not None]
+        if given:
+            raise SegauditError(f"{given[0]} is an option of private training; add --dp (or drop it)")
+        return None
+    from .privacy import DPSpec
+
+    if args.target_epsilon is None and args.noise_multiplier is None:
+        raise SegauditError("--dp needs --target-epsilon E or --noise-multiplier S")
+    return DPSpec(noise_multiplier=args.noise_multiplier, target_epsilon=args.target_epsilon,
+                  delta=1e-5 if args.delta is None else args.delta,
+                  max_grad_norm=1.0 if args.max_grad_norm is None else args.max_grad_norm,
+                  accountant=args.accountant or "rdp")
+
+
+def cmd_privacy(args) -> int:
+    import json
+
+    from .privacy import epsilon, noise_for_epsilon
+
+    if args.what == "epsilon":
+        value = epsilon(args.noise_multiplier, args.sample_rate, args.steps, args.delta, args.accountant)
+        key, label = "epsilon", f"epsilon ({args.accountant}) of sigma {args.noise_multiplier:g}"
+        record = {"noise_multiplier": args.noise_multiplier}
+    else:
+        value = noise_for_epsilon(args.target_epsilon, args.sample_rate, args.steps, args.delta, args.accountant)
+        key, label = "noise_multiplier", f"sigma ({args.accountant}) for epsilon {args.target_epsilon:g}"
+        record = {"target_epsilon": args.target_epsilon}
+    record.update(sample_rate=args.sample_rate, steps=args.steps, delta=args.delta, accountant=args.accountant)
+    if args.json:
+        print(json.dumps({key: value, **record}))
+    else:
+        print(f"{label}, q {args.sample_rate:g}, {args.steps} steps, delta {args.delta:g}:")
+        print(f"{value:.8g}")
     return 0
 
 
@@ -161,45 +215,6 @@ def cmd_attack(args) -> int:
     return 0
 
 
-def cmd_layers(args) -> int:
-    from .data import make_batch
-    from .io import atomic_dir, check_out_dir, write_json
-    from .leakage import layer_scores
-    from .report.plots import layer_scores_chart
-
-    out = check_out_dir(args.out, args.force)
-    data = _attack_data(args)
-    model = _model_for(args, data)
-    if args.batch_size < 1:
-        raise SegauditError(f"--batch-size must be at least 1, got {args.batch_size}")
-    batch = make_batch(data, [i % len(data) for i in range(args.batch_size)], size=args.size, seed=args.seed,
-                       fit="crop" if data.min_size >= args.size else "resize", stride=_stride(model))
-    report = layer_scores(model, batch, data=data, steps=args.steps, seed=args.seed, mode="fedsgd",
-                          train_mode=args.client_mode == "train", show_progress=not args.quiet)
-    with atomic_dir(out) as tmp:
-        write_json(tmp / "layers.json", report.to_dict())
-        layer_scores_chart(report, tmp / "layers.png")
-    print(f"most exposed: {', '.join(report.ranking()[:3])} ({report.runtime_s['total']:.0f} s) -> {out}")
-    return 0
-
-
-def cmd_check_update(args) -> int:
-    from .leakage import gate_update
-    from .models import load_model
-    from .updates import load_update
-
-    model = load_model(args.model)
-    result = gate_update(model, load_update(args.update), threshold=args.threshold, size=args.size)
-    verdict = "ABOVE threshold: do not share" if result.above else "below threshold"
-    print(f"risk {result.risk:.3f} ({verdict}, threshold {result.threshold:g})")
-    for row in sorted(result.groups, key=lambda r: -r["risk"])[:3]:
-        print(f"  {row['name']}: risk {row['risk']:.3f} (determined {row['determined']:.2f}, "
-              f"signal {row['signal']:.2f}, nonzero {row['nonzero']:.2f})")
-    for note in result.notes:
-        print(f"  note: {note}")
-    return 3 if result.above else 0
-
-
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -236,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("differential privacy (Opacus DP-SGD; BatchNorm becomes GroupNorm)")
+    g.add_argument("--dp", action="store_true", help="train with DP-SGD; train.json records epsilon, delta, sigma, C, q")
+    g.add_argument("--target-epsilon", type=float, help="epsilon to spend over the run (sigma chosen by Opacus)")
+    g.add_argument("--noise-multiplier", type=float, help="sigma (instead of --target-epsilon)")
+    g.add_argument("--delta", type=float, help="delta (default: 1e-5; must be below 1/training images)")
+    g.add_argument("--max-grad-norm", type=float, help="per-sample clipping norm C (default: 1.0)")
+    g.add_argument("--epochs", type=int, help="DP budget in epochs instead of --steps (steps = epochs / q)")
+    g.add_argument("--accountant", choices=("rdp", "prv"), help="privacy accountant (default: rdp)")
     _add_out_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -274,31 +297,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_out_args(p)
     p.set_defaults(func=cmd_attack)
 
-    p = command("layers", "per-layer leakage scores of a model (attack, analytic, sensitivity); writes layers.json and layers.png")
-    _add_model_args(p)
-    _add_data_args(p)
-    p.add_argument("--image", metavar="FILE", help="score one image instead of --data crops")
-    p.add_argument("--mask", metavar="FILE", help="the mask of --image")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--client-mode", choices=("train", "eval"), default="eval",
-                   help="the client's model mode (default eval: BatchNorm on running statistics)")
-    p.add_argument("--steps", type=int, default=30, help="attack steps per layer group (default: 30)")
-    p.add_argument("--seed", type=int, default=0)
-    _add_out_args(p)
-    p.set_defaults(func=cmd_layers)
-
-    p = command("check-update", "leakage gate: risk score of a client update before it is shared; "
-                                "exit 0 below the threshold, 3 above it")
-    p.add_argument("--model", metavar="DIR", required=True, help="the global model the update was computed on")
-    p.add_argument("--update", metavar="FILE", required=True, help="the update (.safetensors, gradients or weight delta)")
-    p.add_argument("--threshold", type=float, default=0.5, help="risk above which the update is refused (default: 0.5)")
-    p.add_argument("--size", type=int, default=64, help="side of the client's images in pixels (default: 64)")
-    p.set_defaults(func=cmd_check_update)
-
     p = command("demo", "the main job on the bundled data, written under reports/demo/")
     _add_out_args(p, default="reports/demo")
     p.add_argument("--quick", action="store_true", help="a small budget for a first look")
     p.set_defaults(func=cmd_demo)
+
+    p = command("privacy", "privacy accounting with Opacus: epsilon of a DP-SGD run, or the noise for a target epsilon")
+    what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
+    for name, help in (("epsilon", "epsilon of T noisy steps at sample rate q; the last line is the number"),
+                       ("noise", "the noise multiplier sigma that spends a target epsilon; the last line is the number")):
+        q = what.add_parser(name, help=help, description=help, parents=[quiet])
+        if name == "epsilon":
+            q.add_argument("--noise-multiplier", type=float, required=True, help="sigma")
+        else:
+            q.add_argument("--target-epsilon", type=float, required=True, help="epsilon to spend")
+        q.add_argument("--sample-rate", type=float, required=True, help="q = batch size / dataset size, in (0, 1]")
+        q.add_argument("--steps", type=int, required=True, help="T, the number of noisy steps")
+        q.add_argument("--delta", type=float, default=1e-5, help="delta (default: 1e-5)")
+        q.add_argument("--accountant", choices=("rdp", "prv"), default="rdp", help="default: rdp")
+        q.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_privacy)
 
     p = command("info", "list architectures and bundled datasets")
     p.set_defaults(func=cmd_info)

@@ -94,7 +94,7 @@ SPEC_FILE = "segaudit.json"
 SMP_CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
-_SPEC_KEYS = ("arch", "encoder", "in_channels", "classes", "activation", "task", "options")
+_SPEC_KEYS = ("arch", "encoder", "in_channels", "classes", "activation", "task", "options", "dp_compatible")
 # smp config keys that map onto our spec fields rather than onto options.
 _SMP_SPEC_KEYS = ("encoder_name", "encoder_weights", "in_channels", "classes", "activation")
 
@@ -409,8 +409,8 @@ def build_from_spec(spec: Mapping[str, Any]) -> nn.Module:
 
 
 def _build(spec: Mapping[str, Any], encoder_weights: str | None = None) -> nn.Module:
-    """build_model from a normalised spec."""
-    return build_model(
+    """build_model from a normalised spec (then Opacus's GroupNorm fix if the spec says ``dp_compatible``)."""
+    model = build_model(
         spec["arch"],
         spec["encoder"],
         spec["in_channels"],
@@ -419,6 +419,11 @@ def _build(spec: Mapping[str, Any], encoder_weights: str | None = None) -> nn.Mo
         encoder_weights=encoder_weights,
         **spec["options"],
     )
+    if spec.get("dp_compatible"):
+        from .privacy import make_private_model
+
+        model = make_private_model(model)[0]
+    return model
 
 
 def _smp_class_options(model_class: type, encoder: str) -> set[str] | None:
@@ -631,6 +636,8 @@ def _normalise_spec(spec: Any, source: str) -> dict[str, Any]:
         "task": _task_of(arch),
         "options": _jsonable(options),
         "encoder_weights": encoder_weights,
+        # made trainable by Opacus (BatchNorm -> GroupNorm), see segaudit.privacy.make_private_model
+        **({"dp_compatible": True} if spec.get("dp_compatible") else {}),
     }
 
 

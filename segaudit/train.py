@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -69,24 +70,48 @@ def train_model(model: nn.Module, dataset: Dataset, size: int = 64, steps: int =
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    batches = (rng.choice(train_idx, size=batch_size, replace=len(train_idx) < batch_size).tolist()
+               for _ in range(steps))
+    return run_training(model, dataset, train_idx, test_idx, opt, batches, steps=steps, size=size, loss=loss,
+                        seed=seed, eval_size=eval_size, progress=progress, lr=lr, batch_size=batch_size)
+
+
+def run_training(model: nn.Module, dataset: Dataset, train_idx: list[int], test_idx: list[int],
+                 optimizer: torch.optim.Optimizer, batches: Iterable[list[int]], *, steps: int, size: int,
+                 loss: str, seed: int, eval_size: int | None, progress: bool, lr: float, batch_size: int,
+                 on_empty: Callable[[nn.Module], None] | None = None) -> TrainResult:
+    """The training loop shared by :func:`train_model` and DP-SGD (:func:`segaudit.privacy.train_private`).
+
+    Each step takes the next list of sample indices from ``batches``, makes augmented ``size`` px crops
+    of them, and steps ``optimizer`` (plain Adam, or Opacus's ``DPOptimizer`` that clips and adds noise)
+    on a cosine learning-rate schedule. An empty list (Poisson sampling can draw nobody) calls
+    ``on_empty(model)`` and still steps, as DP accounting assumes.
+    """
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     losses: list[float] = []
     start = time.perf_counter()
     model.train()
+    batches = iter(batches)
     for step in _progress(range(steps), "train", enabled=progress):
-        idx = rng.choice(train_idx, size=batch_size, replace=len(train_idx) < batch_size).tolist()
-        batch = make_batch(dataset, idx, size=size, augment=True, seed=seed * 1_000_003 + step, fit="crop")
-        value = task_loss(model(batch.images), batch.masks, loss)
-        opt.zero_grad()
-        value.backward()
-        opt.step()
+        idx = next(batches)
+        optimizer.zero_grad()
+        if idx:
+            batch = make_batch(dataset, idx, size=size, augment=True, seed=seed * 1_000_003 + step, fit="crop")
+            value = task_loss(model(batch.images), batch.masks, loss)
+            value.backward()
+            losses.append(value.item())
+        elif on_empty is not None:
+            on_empty(model)
+        else:
+            raise SegauditError("an empty training batch; use a batch size of at least 1")
+        optimizer.step()
         sched.step()
-        losses.append(value.item())
     seconds = time.perf_counter() - start
     eval_size = eval_size or max(32, min(dataset.min_size // 32 * 32, 256))
-    quality = evaluate(model, dataset, test_idx, eval_size)
+    inner = getattr(model, "_module", model)  # Opacus's GradSampleModule wraps the model
+    quality = evaluate(inner, dataset, test_idx, eval_size)
     names = dataset.names
-    return TrainResult(model, quality["dice"], quality["iou"], steps, seconds,
+    return TrainResult(inner, quality["dice"], quality["iou"], steps, seconds,
                        [names[i] for i in train_idx], [names[i] for i in test_idx], losses,
                        {"size": size, "batch_size": batch_size, "lr": lr, "loss": loss, "seed": seed,
                         "eval_size": eval_size})
