@@ -8,7 +8,7 @@ import pytest
 from segaudit.cli import build_parser, main
 from segaudit.updates import load_update
 
-COMMANDS = ["attack", "train", "update", "demo", "info", "privacy"]
+COMMANDS = ["attack", "train", "update", "demo", "info", "privacy", "tradeoff"]
 
 
 def run_cli(*args, cwd=None):

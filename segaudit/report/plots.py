@@ -80,3 +80,46 @@ def layer_scores_chart(report, path: str | Path) -> Path:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def tradeoff_frontier(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """Utility (held-out Dice) against leakage (attack PSNR, and recovered-mask Dice) per defense.
+
+    Args:
+        rows: ``segaudit.tradeoff.run_tradeoff`` rows (``defense``, ``utility_dice``, ``attack_psnr``,
+            ``attack_mask_dice``, ``epsilon``); rows missing a value are left out of that panel.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, key, label in ((axes[0], "attack_psnr", "attack PSNR (dB)  ← more private"),
+                           (axes[1], "attack_mask_dice", "recovered-mask Dice  ← more private")):
+        pts = [(r[key], r["utility_dice"], r) for r in rows if r.get(key) is not None and r.get("utility_dice") is not None]
+        for x, y, r in pts:
+            dp = r.get("epsilon") is not None
+            ax.scatter([x], [y], marker="s" if dp else "o", color="tab:red" if dp else "tab:blue", zorder=3)
+            tag = r["defense"] + (f" (ε={r['epsilon']:.2g})" if dp else "")
+            ax.annotate(tag, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        front = _pareto([(x, y) for x, y, _ in pts])  # lower leakage and higher utility are better
+        if len(front) > 1:
+            ax.plot(*zip(*front), color="gray", lw=1, ls="--", zorder=1, label="frontier")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("utility: held-out Dice  (higher is better)")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not dominated by one with lower-or-equal x (leakage) and higher-or-equal y (utility), by x."""
+    front, best = [], -np.inf
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
