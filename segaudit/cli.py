@@ -215,6 +215,45 @@ def cmd_attack(args) -> int:
     return 0
 
 
+def cmd_layers(args) -> int:
+    from .data import make_batch
+    from .io import atomic_dir, check_out_dir, write_json
+    from .leakage import layer_scores
+    from .report.plots import layer_scores_chart
+
+    out = check_out_dir(args.out, args.force)
+    data = _attack_data(args)
+    model = _model_for(args, data)
+    if args.batch_size < 1:
+        raise SegauditError(f"--batch-size must be at least 1, got {args.batch_size}")
+    batch = make_batch(data, [i % len(data) for i in range(args.batch_size)], size=args.size, seed=args.seed,
+                       fit="crop" if data.min_size >= args.size else "resize", stride=_stride(model))
+    report = layer_scores(model, batch, data=data, steps=args.steps, seed=args.seed, mode="fedsgd",
+                          train_mode=args.client_mode == "train", show_progress=not args.quiet)
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "layers.json", report.to_dict())
+        layer_scores_chart(report, tmp / "layers.png")
+    print(f"most exposed: {', '.join(report.ranking()[:3])} ({report.runtime_s['total']:.0f} s) -> {out}")
+    return 0
+
+
+def cmd_check_update(args) -> int:
+    from .leakage import gate_update
+    from .models import load_model
+    from .updates import load_update
+
+    model = load_model(args.model)
+    result = gate_update(model, load_update(args.update), threshold=args.threshold, size=args.size)
+    verdict = "ABOVE threshold: do not share" if result.above else "below threshold"
+    print(f"risk {result.risk:.3f} ({verdict}, threshold {result.threshold:g})")
+    for row in sorted(result.groups, key=lambda r: -r["risk"])[:3]:
+        print(f"  {row['name']}: risk {row['risk']:.3f} (determined {row['determined']:.2f}, "
+              f"signal {row['signal']:.2f}, nonzero {row['nonzero']:.2f})")
+    for note in result.notes:
+        print(f"  note: {note}")
+    return 3 if result.above else 0
+
+
 def cmd_tradeoff(args) -> int:
     import time
 
@@ -340,6 +379,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _add_out_args(p)
     p.set_defaults(func=cmd_attack)
+
+    p = command("layers", "per-layer leakage scores of a model (attack, analytic, sensitivity); writes layers.json and layers.png")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--image", metavar="FILE", help="score one image instead of --data crops")
+    p.add_argument("--mask", metavar="FILE", help="the mask of --image")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--client-mode", choices=("train", "eval"), default="eval",
+                   help="the client's model mode (default eval: BatchNorm on running statistics)")
+    p.add_argument("--steps", type=int, default=30, help="attack steps per layer group (default: 30)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_out_args(p)
+    p.set_defaults(func=cmd_layers)
+
+    p = command("check-update", "leakage gate: risk score of a client update before it is shared; "
+                                "exit 0 below the threshold, 3 above it")
+    p.add_argument("--model", metavar="DIR", required=True, help="the global model the update was computed on")
+    p.add_argument("--update", metavar="FILE", required=True, help="the update (.safetensors, gradients or weight delta)")
+    p.add_argument("--threshold", type=float, default=0.5, help="risk above which the update is refused (default: 0.5)")
+    p.add_argument("--size", type=int, default=64, help="side of the client's images in pixels (default: 64)")
+    p.set_defaults(func=cmd_check_update)
 
     p = command("tradeoff", "privacy-utility trade-off of defenses: utility of defended training, adaptive-attack "
                             "leakage, epsilon; writes tradeoff.json and frontier.png")
