@@ -432,9 +432,18 @@ def run_inference(model: nn.Module, dataset, attack: str = "composition", *, pro
     spec = PropertySpec.parse(prop, dataset.class_names) if prop else None
     if attacker.question == "property" and attack != "composition" and spec is None:
         raise SegauditError(f"the {attack} attack needs a property, e.g. --property '{dataset.class_names[-1]}>0.2'")
-    if updates < 2 and (spec is not None or attacker.question == "membership"):
+    if 0 < updates < 2 and (spec is not None or attacker.question == "membership"):
         raise SegauditError(f"give at least 2 updates (one with and one without), got {updates}")
+    if updates < 1 or (shadow_updates is not None and shadow_updates < 1):
+        raise SegauditError(f"the number of updates must be at least 1, got {min(updates, shadow_updates or updates)}")
+    if crops_per_image < 1:
+        raise SegauditError(f"crops per image must be at least 1, got {crops_per_image}")
     shadow_idx, target_idx = split(dataset, holdout=0.5, seed=seed)
+    available = min(len(shadow_idx), len(target_idx)) * crops_per_image
+    if not 1 <= batch_size <= available:
+        raise SegauditError(f"batch size {batch_size} is outside 1..{available}: each half of the data gives "
+                            f"{available} crops ({crops_per_image} per image); use a smaller batch or more "
+                            "--crops-per-image")
     question = "membership" if attacker.question == "membership" else ("property" if spec else "none")
     common = dict(question=question, prop=spec, defense=defense, show_progress=show_progress, **protocol)
     public = crop_pool(dataset, shadow_idx, size, crops_per_image, seed + 1)

@@ -123,3 +123,24 @@ def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
             front.append((x, y))
             best = y
     return front
+
+
+def roc_plot(labels, scores, path: str | Path, title: str = "") -> Path:
+    """ROC curve of ``scores`` (higher = positive) against boolean ``labels``, with the chance diagonal."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    fpr, tpr, _ = roc_curve(np.asarray(labels, bool), np.asarray(scores, float))
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot(fpr, tpr, lw=2, label=f"AUC {roc_auc_score(labels, scores):.3f}")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="chance")
+    ax.axvline(0.01, color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
