@@ -187,11 +187,12 @@ def dp_client(model: nn.Module, defense: Defense, utility: dict) -> tuple[nn.Mod
 
 
 def attack_defended(model: nn.Module, dataset: Dataset, defense: Defense, settings: TradeoffSettings,
-                    attack: str | None = None, progress: bool = False) -> dict:
+                    attack: str | None = None, progress: bool = False, **attack_options) -> dict:
     """Attack one held-out client update made through ``defense``; the attacker knows the defense.
 
     Args:
         attack: ``None`` picks the adaptive attacker (``"dropout"`` for a dropout defense, else ``"seg"``).
+        **attack_options: more options of the attack (e.g. ``known_masks=True``, ``adaptive=False``).
 
     Returns:
         ``{"attack", "attack_psnr", "attack_ssim", "attack_mse", "attack_mask_dice", "attack_mask_iou",
@@ -205,7 +206,7 @@ def attack_defended(model: nn.Module, dataset: Dataset, defense: Defense, settin
     train_mode = settings.client_mode == "train" or is_dp(defense)
     update = defense.client_update(model, batch, seed=settings.seed, loss=settings.loss, train_mode=train_mode)
     attacker = ATTACKS.create(attack, steps=settings.attack_steps, restarts=settings.restarts, seed=settings.seed,
-                              show_progress=progress)
+                              show_progress=progress, **attack_options)
     start = time.perf_counter()
     rec = attacker.run(model, update, Prior.from_batch_shape(batch))
     seconds = time.perf_counter() - start
