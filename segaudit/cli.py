@@ -325,6 +325,53 @@ def cmd_infer(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from . import audit
+    from .config import AuditConfig, ModelConfig
+
+    overrides = {}
+    if args.arch or args.model or args.encoder:
+        overrides["models"] = (ModelConfig(name=args.arch or "model", arch=args.arch or "unet", encoder=args.encoder,
+                                           checkpoint=args.model),)
+    for key in ("data", "classes", "size", "images", "attack_steps"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    for key, cast in (("batch_sizes", int), ("modes", str), ("defenses", str), ("seeds", int)):
+        if getattr(args, key):
+            try:
+                overrides[key] = tuple(cast(v) for v in getattr(args, key).split(",") if v.strip())
+            except ValueError:
+                raise SegauditError(f"--{key.replace('_', '-')} must be a comma-separated list of numbers") from None
+    if args.no_layers:
+        overrides["layers"] = False
+    if args.config:
+        import dataclasses
+
+        config = dataclasses.replace(AuditConfig.from_yaml(args.config), **overrides)
+    else:
+        config = AuditConfig.quick(**overrides) if args.quick else AuditConfig(**overrides)
+    result = audit.run(config, args.out, force=args.force, redact=args.redact, progress=not args.quiet,
+                       command=" ".join(["segaudit", *sys.argv[1:]]), log=lambda m: print(m, file=sys.stderr))
+    where = result.report or result.out / "results.json"
+    print(f"audit {config.name!r}: risk {result.risk or 'not rated'} -> {where}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from .io import check_out_file
+    from .report.html import read_results, write_html
+
+    results, base = read_results(args.results)
+    out = check_out_file(args.out or base / "report.html", args.force, ".html")
+    if out.resolve() == Path(args.results).resolve():
+        raise SegauditError(f"--out {out} is the results file itself; choose another .html file")
+    path = write_html(results, out, base_dir=base, redact=args.redact)
+    print(f"report{' (redacted)' if args.redact else ''} -> {path}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -465,6 +512,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _add_out_args(p)
     p.set_defaults(func=cmd_infer)
+
+    p = command("audit", "audit a model: attacks, inference, layer scores and defenses -> results.json and report.html")
+    p.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="audit config (flags below override it)")
+    p.add_argument("--model", metavar="DIR", help="a trained model folder to audit")
+    p.add_argument("--arch", help="architecture to train on the data when no --model is given")
+    p.add_argument("--encoder", help="smp encoder (default: resnet18)")
+    p.add_argument("--data", metavar="NAME|DIR", help="bundled dataset name or folder (default: nuclei)")
+    p.add_argument("--classes", type=int, help="number of classes when the folder has no classes.json")
+    p.add_argument("--size", type=int, help="image size in pixels")
+    p.add_argument("--batch-sizes", metavar="B,B", help="client batch sizes, e.g. 1,4")
+    p.add_argument("--modes", metavar="M,M", help="fedsgd and/or fedavg")
+    p.add_argument("--defenses", metavar="SPEC,SPEC", help="e.g. none,noise:0.01,dp:eps=8")
+    p.add_argument("--seeds", metavar="S,S", help="random seeds, e.g. 0,1")
+    p.add_argument("--images", type=int, help="client batches per cell")
+    p.add_argument("--attack-steps", type=int, help="inversion steps per attack")
+    p.add_argument("--no-layers", action="store_true", help="skip the per-layer scores")
+    p.add_argument("--quick", action="store_true", help="a small budget for a first look")
+    p.add_argument("--redact", action="store_true", help="leave client images out of the report")
+    p.add_argument("--out", metavar="DIR", required=True, help="audit folder (resumed when it holds a store)")
+    p.add_argument("--force", action="store_true", help="start afresh in a non-empty --out")
+    p.set_defaults(func=cmd_audit)
+
+    p = command("report", "write the self-contained HTML report of an audit (results.json or a .sqlite results store)")
+    p.add_argument("results", metavar="RESULTS", help="results.json (or its folder), or a .sqlite results store")
+    p.add_argument("--out", metavar="FILE", help="output .html file (default: report.html beside RESULTS)")
+    p.add_argument("--redact", action="store_true", help="leave out the reconstruction images (they show patient data)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(func=cmd_report)
 
     p = command("demo", "the main job on the bundled data, written under reports/demo/")
     _add_out_args(p, default="reports/demo")
