@@ -8,7 +8,8 @@ import pytest
 from segaudit.cli import build_parser, main
 from segaudit.updates import load_update
 
-COMMANDS = ["attack", "train", "update", "demo", "info", "privacy", "tradeoff", "layers", "check-update"]
+COMMANDS = ["attack", "train", "update", "demo", "info", "privacy", "tradeoff", "layers", "check-update", "infer",
+            "audit", "report"]
 
 
 def run_cli(*args, cwd=None):

@@ -50,8 +50,8 @@ def test_fedavg_equals_hand_written_sgd(unet, batch):
         opt.zero_grad()
         F.cross_entropy(ref(batch.images[idx]), batch.masks[idx]).backward()
         opt.step()
-    for name, p in ref.named_parameters():
-        torch.testing.assert_close(update.tensors[name], p.detach() - before[name], rtol=1e-5, atol=1e-7)
+    for name, p in ref.named_parameters():  # rtol 1e-4: the summation order differs with the thread count
+        torch.testing.assert_close(update.tensors[name], p.detach() - before[name], rtol=1e-4, atol=1e-7)
     # the global model is untouched and the client's BatchNorm statistics are shared
     for name, p in unet.named_parameters():
         assert torch.equal(p, before[name])
