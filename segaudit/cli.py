@@ -375,8 +375,8 @@ def cmd_report(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    out = run_demo(args.out, quick=args.quick, force=args.force, progress=not args.quiet)
-    print(f"demo written to {out}")
+    result = run_demo(args.out, quick=args.quick, force=args.force, progress=not args.quiet, redact=args.redact)
+    print(f"demo audit: risk {result.risk or 'not rated'} -> {result.report or result.out}")
     return 0
 
 
@@ -543,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("demo", "the main job on the bundled data, written under reports/demo/")
     _add_out_args(p, default="reports/demo")
-    p.add_argument("--quick", action="store_true", help="a small budget for a first look")
+    p.add_argument("--quick", action="store_true", help="one model, a small budget (about 3 CPU minutes)")
+    p.add_argument("--redact", action="store_true", help="leave client images out of the report")
     p.set_defaults(func=cmd_demo)
 
     p = command("privacy", "privacy accounting with Opacus: epsilon of a DP-SGD run, or the noise for a target epsilon")
