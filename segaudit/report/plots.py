@@ -71,10 +71,11 @@ def layer_scores_chart(report, path: str | Path) -> Path:
     ax.set_yticks(ys, [g.name + ("" if g.score is not None else " (unscored)") for g in groups], fontsize=8)
     ax.set_xlim(0, 1)
     ax.set_xlabel("combined leakage score (0 = none, 1 = fully exposed)")
-    for kind, color in colors.items():
-        if any(g.kind == kind for g in groups):
-            ax.barh([], [], color=color, label=kind)
-    ax.legend(fontsize=7, loc="lower right")
+    from matplotlib.patches import Patch
+
+    # patches, not empty barh calls: those give every legend entry the default colour
+    ax.legend(handles=[Patch(color=c, label=k) for k, c in colors.items() if any(g.kind == k for g in groups)],
+              fontsize=7, loc="lower right")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

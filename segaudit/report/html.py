@@ -1,0 +1,330 @@
+"""The self-contained HTML audit report: one file, inline CSS, images as ``data:`` URIs, nothing fetched.
+
+Every string from the results (model, class, file and defense names) is untrusted: the template is
+rendered with autoescape and the page carries a Content-Security-Policy that allows no scripts and no
+network loads. Artefact images are read only when they are PNG files inside ``base_dir``.
+
+Example:
+    >>> from segaudit.report.html import read_results, write_html
+    >>> results, base = read_results("reports/demo/results.json")
+    >>> write_html(results, "reports/demo/report.html", base_dir=base, redact=True)
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from ..errors import SegauditError
+from ..io import write_text
+from . import findings
+from .findings import num
+
+TEMPLATE = "report.html.j2"
+MAX_GRIDS = 24  # reconstruction grids embedded (the rest are counted in a note)
+MAX_PNG_BYTES = 8 * 1024 * 1024
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def read_results(path: str | os.PathLike) -> tuple[dict, Path]:
+    """Load a ``results.json`` (or a folder holding one, or a ``.sqlite`` results store).
+
+    Returns:
+        ``(results, base_dir)``: the dict and the folder its artefact paths are relative to.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "results.json").is_file():
+            raise SegauditError(f"{path} is a folder without results.json; give the results.json file")
+        path = path / "results.json"
+    if not path.is_file():
+        raise SegauditError(f"results file {path} not found")
+    if path.suffix in (".sqlite", ".sqlite3", ".db"):
+        try:
+            from ..store import load_results
+        except ImportError:
+            raise SegauditError(f"reading {path} needs the results store (segaudit.store), which this install "
+                                "lacks; give the results.json file instead") from None
+        results = load_results(path)
+    else:
+        try:
+            results = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise SegauditError(f"{path} is not a UTF-8 JSON file; give a results.json written by segaudit") from None
+        except json.JSONDecodeError as e:
+            raise SegauditError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                                "give a results.json written by segaudit") from None
+    if not isinstance(results, dict):
+        raise SegauditError(f"{path} holds a JSON {type(results).__name__}, not a results object; "
+                            "give a results.json written by segaudit")
+    return results, path.parent
+
+
+def write_html(results: dict, path: str | os.PathLike, *, base_dir: str | os.PathLike | None = None,
+               redact: bool = False) -> Path:
+    """Render ``results`` (the ``results.json`` dict) into one self-contained HTML file, atomically.
+
+    Args:
+        results: the audit results; unknown keys are ignored, missing sections say "not measured".
+        path: the ``.html`` file to write.
+        base_dir: the folder artefact paths are relative to (that of results.json); None embeds no
+            artefact image.
+        redact: leave out the reconstruction images (they show patient data); the report says so.
+    """
+    if not isinstance(results, dict):
+        raise SegauditError(f"results must be a dict (the results.json object), got {type(results).__name__}")
+    return write_text(path, render(results, base_dir=base_dir, redact=redact))
+
+
+def render(results: dict, *, base_dir: str | os.PathLike | None = None, redact: bool = False) -> str:
+    """The report's HTML text (see :func:`write_html`)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("segaudit.report", "templates"),
+                             autoescape=True, undefined=jinja2.ChainableUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.filters["f"] = _format
+    env.filters["ci"] = _format_ci
+    return env.get_template(TEMPLATE).render(**context(results, base_dir=base_dir, redact=redact))
+
+
+# --------------------------------------------------------------------------------------------------
+# The template's context: plain, normalised values (numbers as float or None)
+
+
+def _dicts(value: Any) -> list[dict]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _mean_ci(value: Any) -> tuple[float | None, list | None]:
+    if isinstance(value, dict):
+        ci = value.get("ci")
+        ci = [num(ci[0]), num(ci[1])] if isinstance(ci, (list, tuple)) and len(ci) == 2 else None
+        return num(value.get("mean")), ci
+    return num(value), None
+
+
+def context(results: dict, *, base_dir=None, redact: bool = False) -> dict:
+    """Everything the template shows, from ``results`` (tolerant of missing or malformed sections)."""
+    notes: list[str] = []
+    schema = results.get("schema")
+    if schema not in (None, 1):
+        notes.append(f"results schema {schema} is newer than this report knows (1); unknown fields are not shown")
+    config = _dict(results.get("config"))
+    runs = _dicts(results.get("runs"))
+    cells = []
+    for c in _dicts(results.get("cells")):
+        row = {k: c.get(k) for k in ("model", "attack", "defense", "mode", "batch_size", "n")}
+        for key in ("psnr", "ssim", "mask_dice", "mask_iou", "mse"):
+            row[key], row[key + "_ci"] = _mean_ci(c.get(key))
+        cells.append(row)
+    status = Counter(str(r.get("status", "ok")) for r in runs)
+    return {
+        "title": str(config.get("name") or "segaudit audit"),
+        "results": results,
+        "notes": notes,
+        "redact": redact,
+        "risk": findings.risk(results),
+        "recommendations": findings.recommendations(results),
+        "models": _models(results),
+        "data": _dict(results.get("data")),
+        "config": config,
+        "threat": _threat(config, runs, results),
+        "cells": cells,
+        "has_mask_iou": any(c["mask_iou"] is not None for c in cells),
+        "runs": {"total": len(runs), "status": dict(status)},
+        "failed": findings.failed_runs(results),
+        "grids": _grids(runs, base_dir, redact),
+        "layers": _layers(results),
+        "tradeoff": _tradeoffs(results),
+        "dp": _dp_rows(results),
+        "inference": _dicts(results.get("inference")),
+        "repro": _repro(results, config),
+        "thresholds": {"psnr": findings.PSNR_DB, "ssim": findings.SSIM, "mask_dice": findings.MASK_DICE,
+                       "auc": findings.AUC, "safe_psnr": findings.SAFE_PSNR_DB},
+    }
+
+
+def _models(results: dict) -> list[dict]:
+    out = []
+    for m in _dicts(results.get("models")):
+        trained = _dict(m.get("trained"))
+        classes = m.get("class_names") or _dict(results.get("data")).get("classes")
+        out.append({**m, "trained": trained,
+                    "class_names": [str(c) for c in classes] if isinstance(classes, list) else [],
+                    "heldout_dice": num(trained.get("heldout_dice")), "heldout_iou": num(trained.get("heldout_iou"))})
+    return out
+
+
+def _threat(config: dict, runs: list[dict], results: dict) -> dict:
+    """What the simulated server saw: modes, batch sizes, local steps (from the config, else the runs)."""
+    def values(key):
+        listed = config.get(key + "s") if isinstance(config.get(key + "s"), list) else None
+        found = listed or sorted({r.get(key) for r in runs if r.get(key) is not None}, key=str)
+        return ", ".join(map(str, found))
+    local = config.get("local_steps")
+    if local is None:
+        local = ", ".join(sorted({str(r["local_steps"]) for r in runs if r.get("local_steps") is not None}))
+    return {"modes": values("mode"), "batch_sizes": values("batch_size"), "local_steps": local,
+            "attacks": values("attack"), "defenses": values("defense")}
+
+
+def _grids(runs: list[dict], base_dir, redact: bool) -> dict:
+    """Reconstruction grids of finished runs as data URIs (none when redacted), with notes on skipped files."""
+    listed = [r for r in runs if r.get("status", "ok") == "ok" and isinstance(_dict(r.get("artefacts")).get("grid"), str)]
+    if redact:
+        return {"images": [], "notes": [], "listed": len(listed)}
+    images, notes = [], []
+    if listed and base_dir is None:
+        notes.append("no results folder was given, so the reconstruction images were not embedded")
+        listed = []
+    for run in listed:
+        if len(images) == MAX_GRIDS:
+            notes.append(f"{len(listed) - MAX_GRIDS} further reconstruction grids are not embedded "
+                         f"(the report shows the first {MAX_GRIDS})")
+            break
+        rel = run["artefacts"]["grid"]
+        uri, why = png_data_uri(rel, base_dir)
+        if uri is None:
+            notes.append(f"{rel}: {why}; not shown")
+            continue
+        m = _dict(run.get("metrics"))
+        images.append({"uri": uri, "run": run, "psnr": num(m.get("psnr")), "ssim": num(m.get("ssim")),
+                       "mask_dice": num(m.get("mask_dice"))})
+    return {"images": images, "notes": notes, "listed": len(listed)}
+
+
+def png_data_uri(rel: Any, base_dir: str | os.PathLike) -> tuple[str | None, str]:
+    """``(data URI, "")`` for a PNG file at ``rel`` inside ``base_dir``, else ``(None, why)``.
+
+    Absolute paths, paths (or links) leading outside ``base_dir``, other file types and files over
+    ``MAX_PNG_BYTES`` are refused without being read.
+    """
+    if not isinstance(rel, str) or not rel or "\x00" in rel:
+        return None, "not a file path"
+    if os.path.isabs(rel) or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
+        return None, "absolute path (artefact paths must be relative to the results folder)"
+    base = Path(base_dir).resolve()
+    target = (base / rel).resolve()
+    if not target.is_relative_to(base):
+        return None, "path leads outside the results folder"
+    if target.suffix.lower() != ".png":
+        return None, "not a .png file"
+    if not target.is_file():
+        return None, "file not found"
+    if target.stat().st_size > MAX_PNG_BYTES:
+        return None, f"larger than {MAX_PNG_BYTES // 2**20} MiB"
+    data = target.read_bytes()
+    if not data.startswith(PNG_MAGIC):
+        return None, "not a PNG image"
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii"), ""
+
+
+def _label(text: Any) -> str:
+    """A chart label: matplotlib would parse ``$...$`` as maths."""
+    return str(text).replace("$", r"\$")
+
+
+def _chart(draw, *args) -> tuple[str | None, str]:
+    """Run a ``plots`` function into a temporary PNG and return it as a data URI."""
+    with tempfile.TemporaryDirectory(prefix="segaudit-report-") as tmp:
+        try:
+            path = draw(*args, Path(tmp) / "chart.png")
+        except (ValueError, TypeError, KeyError, RuntimeError, OverflowError) as e:
+            return None, f"the chart could not be drawn ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+        return png_data_uri(path.name, tmp)
+
+
+def _layers(results: dict) -> list[dict]:
+    from .plots import layer_scores_chart
+
+    out = []
+    for model, report in _dict(results.get("layers")).items():
+        groups = []
+        for g in _dicts(_dict(report).get("groups")):
+            groups.append({**g, "name": str(g.get("name", "?")), "kind": str(g.get("kind", "")),
+                           **{k: num(g.get(k)) for k in ("score", "attack_psnr", "rank_deficiency", "condition",
+                                                         "sensitivity", "params")}})
+        if not groups:
+            continue
+        shown = SimpleNamespace(groups=[SimpleNamespace(name=_label(g["name"]), kind=g["kind"], score=g["score"])
+                                        for g in groups])
+        uri, why = _chart(layer_scores_chart, shown)
+        out.append({"model": model, "groups": groups, "chart": uri, "chart_note": why})
+    return out
+
+
+def _tradeoffs(results: dict) -> list[dict]:
+    from .plots import tradeoff_frontier
+
+    by_model: dict[str, list[dict]] = {}
+    for row in _dicts(results.get("tradeoff")):
+        clean = {**row, "defense": str(row.get("defense", "?")),
+                 **{k: num(row.get(k)) for k in ("epsilon", "utility_dice", "utility_iou", "attack_psnr",
+                                                 "attack_mask_dice", "attack_ssim")}}
+        by_model.setdefault(str(row.get("model") or "model"), []).append(clean)
+    out = []
+    for model, rows in by_model.items():
+        base = next((r["utility_dice"] for r in rows if r["defense"] in ("none", "")), None)
+        for r in rows:
+            r["utility_loss"] = base - r["utility_dice"] if base is not None and r["utility_dice"] is not None else None
+        plotted = [{**r, "defense": _label(r["defense"])} for r in rows]
+        uri, why = _chart(tradeoff_frontier, plotted)
+        out.append({"model": model, "rows": rows, "chart": uri, "chart_note": why})
+    return out
+
+
+def _dp_rows(results: dict) -> list[dict]:
+    """DP-SGD parameters of every private run: tradeoff rows and models trained with DP."""
+    out = []
+    sources = [(r.get("model"), r.get("defense"), r.get("dp")) for r in _dicts(results.get("tradeoff"))]
+    sources += [(m.get("name"), "trained with DP", m.get("dp") or _dict(m.get("trained")).get("dp"))
+                for m in _dicts(results.get("models"))]
+    for model, defense, dp in sources:
+        if not isinstance(dp, dict):
+            continue
+        changes = dp.get("model_changes")
+        out.append({"model": model, "defense": defense, "accountant": dp.get("accountant"), "steps": dp.get("steps"),
+                    "model_changes": [str(c) for c in changes] if isinstance(changes, list) else [],
+                    **{k: num(dp.get(k)) for k in ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate")}})
+    return out
+
+
+def _repro(results: dict, config: dict) -> dict:
+    versions = _dict(results.get("versions"))
+    return {"versions": {str(k): str(v) for k, v in versions.items()},
+            "segaudit_version": results.get("segaudit_version"), "config_hash": results.get("config_hash"),
+            "seeds": config.get("seeds", config.get("seed")), "command": results.get("command"),
+            "created": results.get("created"), "schema": results.get("schema"),
+            "config_json": _compact_json(config) if config else None}
+
+
+def _compact_json(obj: dict) -> str:
+    """JSON with one top-level key per line (values on one line): short enough to print."""
+    lines = [f"  {json.dumps(str(k))}: {json.dumps(v, default=str, ensure_ascii=False)}" for k, v in obj.items()]
+    return "{\n" + ",\n".join(lines) + "\n}"
+
+
+def _format(value: Any, spec: str = ".3g", unit: str = "") -> str:
+    """A number for the page; missing values show as an em dash, text as itself (escaped by the template)."""
+    if value is None:
+        return "—"
+    x = num(value)
+    if x is None:
+        return str(value)
+    return f"{x:{spec}}{unit}"
+
+
+def _format_ci(ci: Any, spec: str = ".3g") -> str:
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2 or num(ci[0]) is None or num(ci[1]) is None:
+        return ""
+    return f"[{num(ci[0]):{spec}}, {num(ci[1]):{spec}}]"
