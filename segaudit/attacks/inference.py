@@ -36,11 +36,12 @@ class PropertySpec:
 
     ``CLASS>X``: class CLASS covers more than the share X of the batch's pixels ("how large").
     ``any:CLASS>X``: at least one image has more than X of its pixels in CLASS ("a lesion is present");
-    ``present:CLASS`` is ``any:CLASS>0``. CLASS is a class name or index.
+    ``present:CLASS`` is ``any:CLASS>0``. CLASS is a class name or index. X may be ``median``: the median
+    over the attacker's own random batches of that size (:meth:`at_median`), a balanced question.
     """
 
     cls: int
-    threshold: float
+    threshold: float | None
     scope: str  # "batch" or "any"
     text: str
 
@@ -50,10 +51,12 @@ class PropertySpec:
         m = re.fullmatch(r"present:(.+)", text)
         if m:
             return cls(_class_index(m.group(1), class_names), 0.0, "any", text)
-        m = re.fullmatch(r"(any:)?([^<>]+)>\s*([0-9.eE+-]+)", text)
+        m = re.fullmatch(r"(any:)?([^<>]+)>\s*([0-9.eE+-]+|median)", text)
         if not m:
             raise SegauditError(f"property {spec!r} is not CLASS>X, any:CLASS>X or present:CLASS "
-                                "(e.g. 'nucleus>0.2', 'present:nucleus')")
+                                "(e.g. 'nucleus>0.2', 'nucleus>median', 'present:nucleus')")
+        if m.group(3) == "median":
+            return cls(_class_index(m.group(2), class_names), None, "any" if m.group(1) else "batch", text)
         try:
             threshold = float(m.group(3))
         except ValueError:
@@ -61,6 +64,18 @@ class PropertySpec:
         if not 0.0 <= threshold < 1.0:
             raise SegauditError(f"property {spec!r}: the share X must be in [0, 1), got {threshold}")
         return cls(_class_index(m.group(2), class_names), threshold, "any" if m.group(1) else "batch", text)
+
+    def at_median(self, pool: Batch, batch_size: int, seed: int = 0, draws: int = 400) -> "PropertySpec":
+        """This property with ``X`` the median share over ``draws`` random batches of ``pool`` (per image for ``any:``)."""
+        shares = (pool.masks == self.cls).flatten(1).double().mean(1)
+        if self.scope == "any":
+            median = float(shares.median())
+        else:
+            rng = np.random.default_rng(seed)
+            size = min(batch_size, len(pool))
+            median = float(np.median([float(shares[rng.choice(len(pool), size, replace=False)].mean())
+                                      for _ in range(draws)]))
+        return PropertySpec(self.cls, median, self.scope, f"{self.text} ({median:.3f})")
 
     def image_holds(self, masks: torch.Tensor) -> torch.Tensor:
         """Per image ``[N]`` bool: the image's share of the class exceeds the threshold."""
@@ -192,6 +207,9 @@ def _batch_chooser(pool: Batch, b: int, question: str, prop: PropertySpec | None
                                 f"the median share {float(shares.median()):.3f}")
         return choose
     return lambda _label: ([int(i) for i in rng.choice(n, b, replace=False)], None)
+
+
+SPLIT_BY_IMAGE = 48  # images needed to give the attacker and the clients disjoint images (12+ per quarter)
 
 
 # -- the attacks -----------------------------------------------------------------------------------------------
@@ -421,8 +439,9 @@ def run_inference(model: nn.Module, dataset, attack: str = "composition", *, pro
 
     Args:
         model: the global model (left untouched; the attacker and the clients use copies).
-        dataset: from :func:`segaudit.data.load_dataset`; half its images are the attacker's shadow data,
-            the other half the clients'.
+        dataset: from :func:`segaudit.data.load_dataset`; with 48 images or more, half of them are the
+            attacker's (shadow and reference) and half the clients'; smaller datasets give each side its own
+            random crops of every image (``settings["data_split"]`` records which).
         attack: ``"composition"``, ``"property"`` or ``"membership"``.
         prop: a :class:`PropertySpec` text (needed by ``"property"``; optional for ``"composition"``).
         shadow_updates: updates the attacker simulates to fit (default: ``updates``).
@@ -447,26 +466,38 @@ def run_inference(model: nn.Module, dataset, attack: str = "composition", *, pro
         raise SegauditError(f"the number of updates must be at least 1, got {min(updates, shadow_updates or updates)}")
     if crops_per_image < 1:
         raise SegauditError(f"crops per image must be at least 1, got {crops_per_image}")
-    shadow_idx, target_idx = split(dataset, holdout=0.5, seed=seed)
-    available = min(len(shadow_idx), len(target_idx)) * crops_per_image
+    # The attacker's data and the clients' come from disjoint images when there are enough of them; a small
+    # dataset (the bundled ones hold 16-20 images) gives each side its own random crops of every image instead.
+    if len(dataset) >= SPLIT_BY_IMAGE:
+        shadow_idx, target_idx = split(dataset, holdout=0.5, seed=seed)
+        reference_idx, simulation_idx = shadow_idx[::2], shadow_idx[1::2]
+    else:
+        reference_idx = simulation_idx = target_idx = list(range(len(dataset)))
+    available = min(len(simulation_idx), len(target_idx)) * crops_per_image
     if not 1 <= batch_size <= available:
-        raise SegauditError(f"batch size {batch_size} is outside 1..{available}: each half of the data gives "
-                            f"{available} crops ({crops_per_image} per image); use a smaller batch or more "
-                            "--crops-per-image")
+        raise SegauditError(f"batch size {batch_size} is outside 1..{available}: the attacker's and the clients' "
+                            f"images give {available} crops ({crops_per_image} per image); use a smaller batch or "
+                            "more --crops-per-image")
     question = "membership" if attacker.question == "membership" else ("property" if spec else "none")
     common = dict(question=question, prop=spec, defense=defense, show_progress=show_progress, **protocol)
-    public = crop_pool(dataset, shadow_idx, size, crops_per_image, seed + 1)
+    # the attacker's own crops: some make its shadow updates, others its reference (mean softmax, mean
+    # gradient), so shadow candidates are never part of the reference, just as target candidates are not
+    public = crop_pool(dataset, simulation_idx, size, crops_per_image, seed + 1)
+    reference = crop_pool(dataset, reference_idx, size, crops_per_image, seed + 3)
     private = crop_pool(dataset, target_idx, size, crops_per_image, seed + 2)
+    if spec is not None and spec.threshold is None:
+        spec = spec.at_median(reference, batch_size, seed)
+        common["prop"] = spec
     targets = simulate(model, private, updates, batch_size, seed=seed + 10_000, **common)
-    shadow = simulate(
-        model, public, shadow_updates or updates, batch_size, seed=seed + 20_000, **common)
+    shadow = simulate(model, public, shadow_updates or updates, batch_size, seed=seed + 20_000, **common)
     attacker_model = copy.deepcopy(model)
-    inference = attacker(spec).fit(attacker_model, shadow, public)
+    inference = attacker(spec).fit(attacker_model, shadow, reference)
     predictions = [inference.predict(attacker_model, case) for case, _ in targets]
 
     result = InferenceResult(attack, batch_size, updates, spec.text if spec else None,
                              targets[0][0].update.meta.defense or {"name": "none"},
                              {"size": size, "shadow_updates": len(shadow), "seed": seed,
+                              "data_split": "images" if len(dataset) >= SPLIT_BY_IMAGE else "crops",
                               **{k: v for k, v in protocol.items()}})
     labels = [t.label for _, t in targets]
     if labels[0] is not None:
