@@ -50,6 +50,23 @@ def client_update(
     Example:
         >>> update = client_update(build_model("unet", in_channels=1), batch, mode="fedavg", local_steps=4)
     """
+    meta = client_meta(batch, mode, loss, reduction, local_steps, lr, local_batch_size, train_mode)
+    client = copy.deepcopy(model)
+    client.train(train_mode)
+    with batchnorm_guard(meta.local_batch_size):
+        tensors = _run_client(client, batch, meta)
+    buffers = {name: b.detach().clone() for name, b in client.named_buffers()} if share_buffers else {}
+    return ClientUpdate(tensors, meta, buffers)
+
+
+def client_meta(batch: Batch, mode: str, loss: str, reduction: str, local_steps: int, lr: float,
+                local_batch_size: int | None, train_mode: bool, defense: dict | None = None) -> UpdateMeta:
+    """The checked ``UpdateMeta`` of a client's protocol (FedSGD keeps lr 0, one step, the whole batch).
+
+    Raises:
+        SegauditError: unknown mode or loss, an empty batch, local_steps < 1, lr <= 0 for FedAvg, or a
+            local batch size outside 1..N.
+    """
     if mode not in ("fedsgd", "fedavg"):
         raise SegauditError(f"unknown mode {mode!r}; use 'fedsgd' or 'fedavg'")
     if loss not in LOSSES:
@@ -64,15 +81,9 @@ def client_update(
     local_batch_size = n if local_batch_size is None else local_batch_size
     if not 1 <= local_batch_size <= n:
         raise SegauditError(f"local_batch_size must be in 1..{n} (the batch size), got {local_batch_size}")
-
-    meta = UpdateMeta(mode, n, loss, reduction, lr if mode == "fedavg" else 0.0,
-                      local_steps if mode == "fedavg" else 1, local_batch_size if mode == "fedavg" else n, train_mode)
-    client = copy.deepcopy(model)
-    client.train(train_mode)
-    with batchnorm_guard(meta.local_batch_size):
-        tensors = _run_client(client, batch, meta)
-    buffers = {name: b.detach().clone() for name, b in client.named_buffers()} if share_buffers else {}
-    return ClientUpdate(tensors, meta, buffers)
+    fedavg = mode == "fedavg"
+    return UpdateMeta(mode, n, loss, reduction, lr if fedavg else 0.0, local_steps if fedavg else 1,
+                      local_batch_size if fedavg else n, train_mode, defense or {})
 
 
 def local_batches(n: int, meta: UpdateMeta) -> list[list[int]]:

@@ -23,9 +23,8 @@ import torch
 from torch import nn
 
 from .errors import SegauditError
-from .fl import batchnorm_guard, local_batches, trainable_params
-from .losses import LOSSES
-from .types import Batch, ClientUpdate, UpdateMeta
+from .fl import batchnorm_guard, client_meta, local_batches, trainable_params
+from .types import Batch, ClientUpdate
 
 ACCOUNTANTS = ("rdp", "prv")
 #: Per-sample gradient modes of Opacus; "hooks" is the fastest on the smp U-Net (``bench/dp_speed.py``).
@@ -329,8 +328,7 @@ def private_client_update(
     from opacus.optimizers import DPOptimizer
 
     check_private_model(model)
-    if loss not in LOSSES:
-        raise SegauditError(f"unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
+    meta = client_meta(batch, mode, loss, reduction, local_steps, lr, local_batch_size, train_mode, defense)
     if loss != "ce":
         raise SegauditError(f"loss {loss!r} couples the samples of a batch (batch Dice), so DP-SGD has no per-sample "
                             "gradient for it; use loss='ce'")
@@ -342,21 +340,7 @@ def private_client_update(
         raise SegauditError(f"max_grad_norm (C) must be > 0, got {max_grad_norm}")
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise SegauditError(f"unknown grad sample mode {grad_sample_mode!r}; use one of {', '.join(GRAD_SAMPLE_MODES)}")
-    if mode not in ("fedsgd", "fedavg"):
-        raise SegauditError(f"unknown mode {mode!r}; use 'fedsgd' or 'fedavg'")
     n = len(batch)
-    if n == 0:
-        raise SegauditError("the client batch is empty; give at least one image")
-    if local_steps < 1:
-        raise SegauditError(f"local_steps must be at least 1, got {local_steps}")
-    if mode == "fedavg" and lr <= 0:
-        raise SegauditError(f"FedAvg needs a positive learning rate, got lr={lr}")
-    local_batch_size = n if local_batch_size is None else local_batch_size
-    if not 1 <= local_batch_size <= n:
-        raise SegauditError(f"local_batch_size must be in 1..{n} (the batch size), got {local_batch_size}")
-    meta = UpdateMeta(mode, n, loss, reduction, lr if mode == "fedavg" else 0.0,
-                      local_steps if mode == "fedavg" else 1, local_batch_size if mode == "fedavg" else n,
-                      train_mode, defense or {})
 
     client = copy.deepcopy(model).train(train_mode)
     params = trainable_params(client)
@@ -408,7 +392,7 @@ class PrivateTrainResult:
         model_changes: how the DP model differs from the baseline (see :func:`make_private_model`).
     """
 
-    train: "object"
+    train: object
     epsilon: float
     delta: float
     noise_multiplier: float
