@@ -51,12 +51,29 @@ def client_update(
         >>> update = client_update(build_model("unet", in_channels=1), batch, mode="fedavg", local_steps=4)
     """
     meta = client_meta(batch, mode, loss, reduction, local_steps, lr, local_batch_size, train_mode)
-    client = copy.deepcopy(model)
-    client.train(train_mode)
-    with batchnorm_guard(meta.local_batch_size):
+    with _client_copy(model, train_mode, fedavg=mode == "fedavg") as client, batchnorm_guard(meta.local_batch_size):
         tensors = _run_client(client, batch, meta)
-    buffers = {name: b.detach().clone() for name, b in client.named_buffers()} if share_buffers else {}
+        buffers = {name: b.detach().clone() for name, b in client.named_buffers()} if share_buffers else {}
     return ClientUpdate(tensors, meta, buffers)
+
+
+@contextmanager
+def _client_copy(model: nn.Module, train_mode: bool, fedavg: bool):
+    """The client's model in ``train_mode``. FedAvg changes weights: a deep copy. FedSGD changes only buffers
+    (BatchNorm statistics): the model itself, with its buffers and mode restored afterwards (no weight copy)."""
+    if fedavg:
+        yield copy.deepcopy(model).train(train_mode)
+        return
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield model.train(train_mode)
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
+        for m, training in modes:
+            m.training = training
 
 
 def client_meta(batch: Batch, mode: str, loss: str, reduction: str, local_steps: int, lr: float,
