@@ -267,3 +267,9 @@ def test_cli_train_dp_writes_parameters(tmp_path, capsys):
     assert record["sample_rate"] == 0.5 and record["steps"] == 2
     assert record["epsilon"] == pytest.approx(epsilon(1.0, 0.5, 2, 1e-6))
     assert "epsilon" in capsys.readouterr().out
+
+
+def test_dp_client_accepts_a_model_loaded_in_eval_mode(fixed, batch):
+    """A checkpoint loads in eval mode; the DP client sets its own mode, so only BatchNorm is refused."""
+    update = parse_defense("dp:sigma=0.5/clip=1").client_update(copy.deepcopy(fixed).eval(), batch, train_mode=True)
+    assert update.meta.defense["name"] == "dp" and all(torch.isfinite(t).all() for t in update.tensors.values())
