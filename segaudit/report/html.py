@@ -251,9 +251,11 @@ def _layers(results: dict) -> list[dict]:
     for model, report in _dict(results.get("layers")).items():
         groups = []
         for g in _dicts(_dict(report).get("groups")):
+            params = g.get("params")  # parameter names (layers.json) or a count
             groups.append({**g, "name": str(g.get("name", "?")), "kind": str(g.get("kind", "")),
+                           "params": len(params) if isinstance(params, list) else num(params),
                            **{k: num(g.get(k)) for k in ("score", "attack_psnr", "rank_deficiency", "condition",
-                                                         "sensitivity", "params")}})
+                                                         "sensitivity")}})
         if not groups:
             continue
         shown = SimpleNamespace(groups=[SimpleNamespace(name=_label(g["name"]), kind=g["kind"], score=g["score"])
