@@ -13,14 +13,14 @@ import platform
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from .config import AuditConfig, ModelConfig
+from .config import AuditConfig
 from .errors import SegauditError
 from .store import ResultsStore, run_key
 
@@ -34,6 +34,7 @@ class AuditResult:
     results: dict[str, Any]
     out: Path
     report: Path | None
+    cells: dict[str, int] = field(default_factory=dict)  # planned, run (now), failed, left_out (model not trained)
 
     @property
     def risk(self) -> str | None:
@@ -41,7 +42,7 @@ class AuditResult:
 
 
 def run(config: AuditConfig, out: str | Path, *, force: bool = False, redact: bool = False, progress: bool = True,
-        command: str = "", log: Log | None = None) -> AuditResult:
+        command: str = "", log: Log | None = None, executor=None) -> AuditResult:
     """Run (or resume) the audit ``config`` in the folder ``out``.
 
     Args:
@@ -50,6 +51,7 @@ def run(config: AuditConfig, out: str | Path, *, force: bool = False, redact: bo
             (which starts afresh).
         redact: leave client images out of the report (a report showing them would itself leak data).
         command: the command line, recorded for reproducibility.
+        executor: runs the cells (see :mod:`segaudit.sweep`); default: one after another in this process.
 
     Example:
         >>> result = run(AuditConfig.quick(), "reports/quick")
@@ -71,10 +73,29 @@ def run(config: AuditConfig, out: str | Path, *, force: bool = False, redact: bo
         created = store.meta().get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         store.set_meta(config=config.to_dict(), config_hash=config.digest(), command=command, created=created)
         data = load_dataset(config.data, classes=config.classes)
-        for model_config in config.models:
-            model = _trained_model(model_config, config, data, store, out, progress, log)
-            for step in (_attack_cells, _inference_cells, _layer_cells, _tradeoff_cells):
-                step(model, model_config, config, data, store, out, progress, log)
+        if executor is None:
+            from .sweep import SequentialExecutor
+
+            executor = SequentialExecutor()
+        job = make_job(config, out, progress=progress and executor.in_process)
+        training = pending_training(config, out, store)
+        for cell in training:
+            log(f"training {cell.settings['model']} ({cell.settings['arch']}, {cell.settings['train_steps']} steps)"
+                if not cell.settings["checkpoint"] else f"evaluating {cell.settings['model']}")
+        execute(executor, training, job, store, out, log, progress, desc="training")
+        trained = {c.settings["model"]: store.get(c.key) for c in plan_training(config)}
+        broken = {m: (r or {}).get("error", "not trained") for m, r in trained.items() if not _ok(r)}
+        if len(broken) == len(trained):
+            name, error = next(iter(broken.items()))
+            raise SegauditError(f"model {name!r}: {error}")
+        for name, error in broken.items():
+            log(f"model {name!r} is left out of the audit: {error}")
+        planned = plan_cells(config, data)
+        cells = [c for c in planned if c.settings["model"] not in broken and not _ok(store.get(c.key))]
+        execute(executor, cells, job, store, out, log, progress and not executor.in_process)
+        left_out = sum(c.settings["model"] in broken for c in planned)
+        counts = {"planned": len(config.models) + len(planned), "run": len(training) + len(cells),
+                  "failed": len(broken) + sum(not _ok(store.get(c.key)) for c in cells), "left_out": left_out}
         results = collect(store, store.meta())
     finally:
         store.close()
@@ -86,118 +107,332 @@ def run(config: AuditConfig, out: str | Path, *, force: bool = False, redact: bo
         write_html = None
     if write_html is not None:
         report = write_html(results, out / "report.html", base_dir=out, redact=redact)
-    return AuditResult(results, out, report)
+    return AuditResult(results, out, report, counts)
 
 
-# -- models ------------------------------------------------------------------------------------------------------
+# -- the plan: independent cells ---------------------------------------------------------------------------------
 
-def _slug(name: str) -> str:
-    import hashlib
+@dataclass(frozen=True)
+class Cell:
+    """One independent unit of an audit: ``kind`` (train | attack | inference | layers | tradeoff), its
+    ``settings`` (JSON values; the same settings are the same cell) and ``key`` (``run_key(kind, settings)``).
 
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] + "-" + hashlib.sha256(name.encode()).hexdigest()[:6]
+    Training cells write ``models/<slug>/``; every other cell loads its model from there (or from the model's
+    checkpoint), so the plan runs in two stages: training, then everything else in any order or in parallel.
+    """
 
+    kind: str
+    settings: dict
+    key: str
 
-def _trained_model(mc: ModelConfig, config: AuditConfig, data, store: ResultsStore, out: Path, progress: bool,
-                   log: Log):
-    """The model of ``mc``: its checkpoint, or trained on the data (cached in ``out/models``, resumable)."""
-    from .io import atomic_dir
-    from .models import build_model, load_model, save_model
-    from .train import train_model
-
-    settings = {"model": mc.name, "arch": mc.arch, "encoder": mc.encoder, "checkpoint": mc.checkpoint,
-                "train_steps": mc.train_steps, "data": config.data, "size": config.size}
-    key = run_key("train", settings)
-    folder = out / "models" / _slug(mc.name)
-    if mc.checkpoint:
-        model = load_model(mc.checkpoint)
-        data.check_channels(model.segaudit_spec["in_channels"])
-        from .train import evaluate
-        from .data import split
-
-        if not store.has(key):
-            start = time.perf_counter()
-            scores = evaluate(model, data, split(data, seed=0)[1], _eval_size(data))
-            store.put(key, "train", settings, {"heldout_dice": scores["dice"], "heldout_iou": scores["iou"],
-                                               "steps": None, "spec": _spec(model)}, time.perf_counter() - start)
-        return model
-    if store.has(key) and folder.exists():
-        return load_model(folder)
-    log(f"training {mc.name} ({mc.arch}, {mc.train_steps} steps)")
-    torch.manual_seed(0)
-    model = build_model(mc.arch, encoder=mc.encoder, in_channels=data.channels, classes=data.num_classes)
-    result = train_model(model, data, size=config.size, steps=mc.train_steps, seed=0, progress=progress)
-    with atomic_dir(folder) as tmp:
-        save_model(result.model, tmp)
-    store.put(key, "train", settings, {"heldout_dice": result.dice, "heldout_iou": result.iou,
-                                       "steps": result.steps, "spec": _spec(result.model)}, result.seconds)
-    return result.model
+    @classmethod
+    def of(cls, kind: str, settings: dict) -> "Cell":
+        return cls(kind, settings, run_key(kind, settings))
 
 
-def _spec(model) -> dict:
-    from .models import model_spec
+@dataclass(frozen=True)
+class Job:
+    """What every cell of one audit needs besides its settings (picklable: it travels to worker processes).
 
-    return {**model_spec(model), "parameters": sum(p.numel() for p in model.parameters())}
+    Attributes:
+        data: the config's data, a folder made absolute (workers may run elsewhere).
+        models: model name -> its folder or checkpoint (absolute).
+        progress: inner progress bars (only for in-process runs).
+    """
 
-
-def _eval_size(data) -> int:
-    return max(32, min(256, data.min_size) // 32 * 32)
-
-
-# -- cells --------------------------------------------------------------------------------------------------------
-
-def _heldout_batch(data, config: AuditConfig, batch_size: int, image: int, seed: int):
-    """The ``image``-th client batch of ``batch_size`` held-out crops (deterministic by image and seed)."""
-    from .data import make_batch, split
-
-    held = split(data, seed=0)[1]
-    picks = [held[(image * batch_size + i) % len(held)] for i in range(batch_size)]
-    return make_batch(data, picks, size=config.size, fit="crop" if data.min_size >= config.size else "resize",
-                      seed=1000 * seed + image)
+    config: AuditConfig
+    data: str
+    models: dict
+    progress: bool = False
 
 
-def _run_cell(store: ResultsStore, kind: str, settings: dict, work: Callable[[str], dict], log: Log) -> None:
-    """Run ``work(key)`` unless the store has it; a failure is stored with its one-line reason."""
-    key = run_key(kind, settings)
-    if store.has(key):
-        return
+def model_folder(out: str | Path, name: str) -> Path:
+    """Where the audit in ``out`` keeps the model ``name`` it trained."""
+    return Path(out) / "models" / _slug(name)
+
+
+def plan_training(config: AuditConfig) -> list[Cell]:
+    """Stage 1: one cell per model — train it (cached in ``models/``), or evaluate its checkpoint."""
+    return [Cell.of("train", {"model": mc.name, "arch": mc.arch, "encoder": mc.encoder, "checkpoint": mc.checkpoint,
+                              "train_steps": mc.train_steps, "data": config.data, "size": config.size})
+            for mc in config.models]
+
+
+def plan_cells(config: AuditConfig, data=None) -> list[Cell]:
+    """Stage 2: every attack, inference, layer and defense cell of ``config``, in report order.
+
+    ``data`` (the loaded dataset) resolves the default inference property; loaded when not given.
+    """
+    if data is None and config.inference and not config.property:
+        from .data import load_dataset
+
+        data = load_dataset(config.data, classes=config.classes)
+    cells = []
+    for mc in config.models:
+        for attack in config.attacks:
+            for mode in config.modes:
+                for b in config.batch_sizes:
+                    for seed in config.seeds:
+                        for image in range(config.images):
+                            cells.append(Cell.of("attack", {
+                                "model": mc.name, "attack": attack, "defense": "none", "mode": mode, "batch_size": b,
+                                "local_steps": config.local_steps if mode == "fedavg" else 1, "seed": seed,
+                                "image": image, "steps": config.attack_steps, "restarts": config.restarts,
+                                "client_mode": config.client_mode, "size": config.size}))
+        if config.inference:
+            prop = config.property or _default_property(data, config)
+            for attack in config.inference:
+                for b in config.inference_batch_sizes:
+                    cells.append(Cell.of("inference", {
+                        "model": mc.name, "attack": attack, "batch_size": b, "updates": config.inference_updates,
+                        "property": None if attack == "membership" else prop, "defense": "none",
+                        "client_mode": config.client_mode, "size": config.size, "seed": config.seeds[0]}))
+        if config.layers:
+            cells.append(Cell.of("layers", {"model": mc.name, "steps": config.layer_attack_steps,
+                                            "client_mode": config.client_mode, "size": config.size,
+                                            "seed": config.seeds[0]}))
+        if config.defenses and config.defenses != ("none",):
+            for spec in config.defenses:
+                cells.append(Cell.of("tradeoff", {
+                    "model": mc.name, "defense": spec, "train_steps": config.tradeoff_train_steps,
+                    "attack_steps": config.attack_steps, "client_mode": config.client_mode, "size": config.size,
+                    "seed": config.seeds[0]}))
+    return cells
+
+
+def make_job(config: AuditConfig, out: str | Path, progress: bool = False) -> Job:
+    """The :class:`Job` of ``config`` run into ``out`` (paths made absolute)."""
+    data = config.data
+    if Path(data).exists():
+        data = str(Path(data).resolve())
+    models = {mc.name: str(Path(mc.checkpoint).resolve() if mc.checkpoint else model_folder(out, mc.name).resolve())
+              for mc in config.models}
+    return Job(config, data, models, progress)
+
+
+def execute(executor, cells: list[Cell], job: Job, store: ResultsStore, out: Path, log: Log,
+            progress: bool = False, desc: str = "cells") -> int:
+    """Run ``cells`` on ``executor`` and store each result as it arrives (the driver is the only writer).
+
+    Returns the number of failed cells. Files a cell made are written before its row, so a stored row's
+    artefacts exist; Ctrl-C leaves only whole rows.
+    """
+    from .progress import progress as bar
+
+    failed = 0
+    for done in bar(executor.run(cells, job), desc=desc, total=len(cells), enabled=progress and len(cells) > 1):
+        save_outcome(done, store, out)
+        if done["result"]["status"] != "ok":
+            failed += 1
+            log(f"{done['kind']} {done['settings']}: failed: {done['result']['error']}")
+    return failed
+
+
+def save_outcome(done: dict, store: ResultsStore, out: Path) -> None:
+    """Write a finished cell's files (atomically) and then its row."""
+    from .io import atomic_dir, atomic_path
+
+    for rel, files in done.get("dirs", {}).items():
+        with atomic_dir(out / rel) as tmp:
+            for name, blob in files.items():
+                (tmp / name).write_bytes(blob)
+    for rel, blob in done.get("files", {}).items():
+        with atomic_path(out / rel) as tmp:
+            tmp.write_bytes(blob)
+    store.put(done["key"], done["kind"], done["settings"], done["result"], done["seconds"])
+
+
+def pending_training(config: AuditConfig, out: Path, store: ResultsStore) -> list[Cell]:
+    """Training cells not stored yet (or whose model folder is gone)."""
+    cells = plan_training(config)
+    return [c for c, mc in zip(cells, config.models)
+            if not _ok(store.get(c.key)) or (not mc.checkpoint and not model_folder(out, mc.name).exists())]
+
+
+def _ok(row: dict | None) -> bool:
+    """A stored row that needs no rerun (failed cells are retried; rows without a status predate it)."""
+    return row is not None and row.get("status", "ok") == "ok"
+
+
+# -- the worker: one cell, anywhere ------------------------------------------------------------------------------
+
+_DATA: dict = {}
+_MODELS: dict = {}
+
+
+def run_cell(cell: Cell, job: Job, model_files: dict | None = None) -> dict:
+    """Run one cell and return ``{key, kind, settings, result, seconds, files, dirs}``; never raises on a cell error.
+
+    The cell's random state comes from its key (torch, numpy and ``random`` are seeded, then restored), so
+    the result does not depend on which process ran it or what ran before. A failure becomes
+    ``{"status": "failed", "error": one line}``. Files are returned as bytes for the driver to write.
+
+    Args:
+        model_files: the model folder's files (name -> bytes) when the worker cannot read ``job.models``.
+    """
+    import random
+    import tempfile
+
     start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="segaudit-cell-"))
+    np_state, py_state = np.random.get_state(), random.getstate()
+    seed = int(cell.key, 16)
     try:
-        result = {"status": "ok", **work(key)}
-    except SegauditError as e:
-        result = {"status": "failed", "error": str(e)}
-        log(f"{kind} {settings}: failed: {e}")
-    store.put(key, kind, settings, result, time.perf_counter() - start)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed % 2**63)
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
+            try:
+                result = {"status": "ok", **_WORK[cell.kind](cell, job, tmp, model_files)}
+            except Exception as e:  # noqa: BLE001 — any failure of one cell is recorded, the others go on
+                text = " ".join(str(e).split())[:300]
+                result = {"status": "failed",
+                          "error": text if isinstance(e, SegauditError) else f"{type(e).__name__}: {text}"}
+        files, dirs = {}, {}
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            rel = path.relative_to(tmp)
+            if rel.parts[0] == "models":
+                dirs.setdefault(Path(*rel.parts[:2]).as_posix(), {})[Path(*rel.parts[2:]).as_posix()] = path.read_bytes()
+            else:
+                files[rel.as_posix()] = path.read_bytes()
+        if result["status"] != "ok":
+            files, dirs = {}, {}
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"key": cell.key, "kind": cell.kind, "settings": cell.settings, "result": result,
+            "seconds": time.perf_counter() - start, "files": files, "dirs": dirs}
 
 
-def _attack_cells(model, mc, config, data, store, out, progress, log):
+def _data(job: Job):
+    from .data import load_dataset
+
+    key = (job.data, job.config.classes)
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = load_dataset(job.data, classes=job.config.classes)
+    return _DATA[key]
+
+
+def _model(name: str, job: Job, model_files: dict | None):
+    """A fresh copy of the model ``name`` (loaded once per process; cells never share a mutable model)."""
+    import copy
+    import hashlib
+    import tempfile
+
+    from .models import load_model
+
+    if model_files is not None:  # shipped by the driver: loaded from a scratch folder, removed at once
+        ident = ("blob", hashlib.sha256(b"".join(model_files[k] for k in sorted(model_files))).hexdigest())
+    else:
+        path = Path(job.models[name])
+        ident = ("path", str(path), path.stat().st_mtime_ns if path.exists() else None)
+    if ident not in _MODELS:
+        if len(_MODELS) > 2:
+            _MODELS.clear()
+        if model_files is not None:
+            scratch = Path(tempfile.mkdtemp(prefix="segaudit-model-"))
+            try:
+                for fname, blob in model_files.items():
+                    (scratch / fname).write_bytes(blob)
+                _MODELS[ident] = load_model(scratch)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        else:
+            _MODELS[ident] = load_model(path)
+    return copy.deepcopy(_MODELS[ident])
+
+
+def _work_train(cell: Cell, job: Job, tmp: Path, model_files) -> dict:
+    from .data import split
+    from .models import build_model, save_model
+    from .train import evaluate, train_model
+
+    s, data = cell.settings, _data(job)
+    if s["checkpoint"]:
+        model = _model(s["model"], job, model_files)
+        data.check_channels(model.segaudit_spec["in_channels"])
+        scores = evaluate(model, data, split(data, seed=0)[1], _eval_size(data))
+        return {"heldout_dice": scores["dice"], "heldout_iou": scores["iou"], "steps": None, "spec": _spec(model)}
+    torch.manual_seed(0)
+    model = build_model(s["arch"], encoder=s["encoder"], in_channels=data.channels, classes=data.num_classes)
+    result = train_model(model, data, size=s["size"], steps=s["train_steps"], seed=0, progress=job.progress)
+    save_model(result.model, tmp / "models" / _slug(s["model"]))
+    return {"heldout_dice": result.dice, "heldout_iou": result.iou, "steps": result.steps,
+            "spec": _spec(result.model)}
+
+
+def _work_attack(cell: Cell, job: Job, tmp: Path, model_files) -> dict:
     from .attacks import ATTACKS
     from .fl import client_update
     from .metrics import score
-    from .progress import progress as bar
     from .report.plots import reconstruction_grid
     from .types import Prior
 
-    cells = [(a, mode, b, s, i) for a in config.attacks for mode in config.modes for b in config.batch_sizes
-             for s in config.seeds for i in range(config.images)]
-    for attack, mode, b, seed, image in bar(cells, desc=f"attacks on {mc.name}", enabled=progress):
-        local = config.local_steps if mode == "fedavg" else 1
-        settings = {"model": mc.name, "attack": attack, "defense": "none", "mode": mode, "batch_size": b,
-                    "local_steps": local, "seed": seed, "image": image, "steps": config.attack_steps,
-                    "restarts": config.restarts, "client_mode": config.client_mode, "size": config.size}
+    s, config, data = cell.settings, job.config, _data(job)
+    model = _model(s["model"], job, model_files)
+    batch = _heldout_batch(data, config, s["batch_size"], s["image"], s["seed"])
+    update = client_update(model, batch, mode=s["mode"], local_steps=s["local_steps"], lr=config.lr,
+                           train_mode=s["client_mode"] == "train")
+    attacker = ATTACKS.create(s["attack"], steps=s["steps"], restarts=s["restarts"], seed=s["seed"],
+                              show_progress=False)
+    rec = attacker.run(model, update, Prior.from_batch_shape(batch))
+    grid = Path("artefacts") / f"{cell.key}.png"
+    reconstruction_grid(batch, rec, tmp / grid,
+                        title=f"{s['attack']} on {s['model']}, {s['mode']}, batch {s['batch_size']}")
+    return {"metrics": score(rec, batch), "reconstruction_status": rec.status, "artefacts": {"grid": grid.as_posix()}}
 
-        def work(key, attack=attack, mode=mode, b=b, seed=seed, image=image, local=local):
-            batch = _heldout_batch(data, config, b, image, seed)
-            update = client_update(model, batch, mode=mode, local_steps=local, lr=config.lr,
-                                   train_mode=config.client_mode == "train")
-            attacker = ATTACKS.create(attack, steps=config.attack_steps, restarts=config.restarts, seed=seed,
-                                      show_progress=False)
-            rec = attacker.run(model, update, Prior.from_batch_shape(batch))
-            grid = Path("artefacts") / f"{key}.png"
-            reconstruction_grid(batch, rec, out / grid, title=f"{attack} on {mc.name}, {mode}, batch {b}")
-            return {"metrics": score(rec, batch), "reconstruction_status": rec.status,
-                    "artefacts": {"grid": grid.as_posix()}}
 
-        _run_cell(store, "attack", settings, work, log)
+def _work_inference(cell: Cell, job: Job, tmp: Path, model_files) -> dict:
+    from .attacks.inference import run_inference
+
+    s = cell.settings
+    r = run_inference(_model(s["model"], job, model_files), _data(job), s["attack"], prop=s["property"],
+                      batch_size=s["batch_size"], updates=s["updates"], size=s["size"], seed=s["seed"],
+                      show_progress=job.progress, train_mode=s["client_mode"] == "train")
+    summary = r.summary()
+    return {k: summary[k] for k in ("auc", "auc_ci", "tpr_at_1pct_fpr", "composition_mae", "composition_mae_ci",
+                                     "composition_mae_analytic", "runtime_s")}
+
+
+def _work_layers(cell: Cell, job: Job, tmp: Path, model_files) -> dict:
+    from .leakage import layer_scores
+    from .report.plots import layer_scores_chart
+
+    s, data = cell.settings, _data(job)
+    batch = _heldout_batch(data, job.config, 1, 0, s["seed"])
+    report = layer_scores(_model(s["model"], job, model_files), batch, data=data, steps=s["steps"], seed=s["seed"],
+                          train_mode=s["client_mode"] == "train", show_progress=job.progress)
+    chart = Path("artefacts") / f"{cell.key}-layers.png"
+    layer_scores_chart(report, tmp / chart)
+    return {"report": report.to_dict(), "artefacts": {"chart": chart.as_posix()}}
+
+
+def _work_tradeoff(cell: Cell, job: Job, tmp: Path, model_files) -> dict:
+    import copy
+
+    from .tradeoff import TradeoffSettings, run_tradeoff
+
+    s = cell.settings
+    model = _model(s["model"], job, model_files)
+    settings = TradeoffSettings(size=s["size"], batch_size=1, train_steps=s["train_steps"],
+                                attack_steps=s["attack_steps"], client_mode=s["client_mode"], seed=s["seed"])
+    row = run_tradeoff(model, _data(job), [s["defense"]], settings, progress=job.progress)[0]
+    if row.get("name") == "dp":
+        from .privacy import make_private_model
+
+        _, changes = make_private_model(copy.deepcopy(model))
+        params = row.get("params", {})
+        row["dp"] = {"epsilon": row.get("epsilon"), "delta": params.get("delta"),
+                     "noise_multiplier": row.get("noise_multiplier"), "max_grad_norm": row.get("max_grad_norm"),
+                     "sample_rate": row.get("sample_rate"), "steps": s["train_steps"],
+                     "accountant": params.get("accountant"), "model_changes": changes}
+    return {k: v for k, v in row.items() if k != "defense"}
+
+
+_WORK = {"train": _work_train, "attack": _work_attack, "inference": _work_inference, "layers": _work_layers,
+         "tradeoff": _work_tradeoff}
 
 
 def _default_property(data, config: AuditConfig) -> str:
@@ -210,77 +445,30 @@ def _default_property(data, config: AuditConfig) -> str:
     return f"{k}>{median:.2f}"
 
 
-def _inference_cells(model, mc, config, data, store, out, progress, log):
-    from .attacks.inference import run_inference
+def _heldout_batch(data, config: AuditConfig, batch_size: int, image: int, seed: int):
+    """The ``image``-th client batch of ``batch_size`` held-out crops (deterministic by image and seed)."""
+    from .data import make_batch, split
 
-    if not config.inference:
-        return
-    prop = config.property or _default_property(data, config)
-    for attack in config.inference:
-        for b in config.inference_batch_sizes:
-            settings = {"model": mc.name, "attack": attack, "batch_size": b, "updates": config.inference_updates,
-                        "property": None if attack == "membership" else prop, "defense": "none",
-                        "client_mode": config.client_mode, "size": config.size, "seed": config.seeds[0]}
-
-            def work(_key, attack=attack, b=b, settings=settings):
-                r = run_inference(model, data, attack, prop=settings["property"], batch_size=b,
-                                  updates=config.inference_updates, size=config.size, seed=config.seeds[0],
-                                  show_progress=progress, train_mode=config.client_mode == "train")
-                summary = r.summary()
-                return {k: summary[k] for k in ("auc", "auc_ci", "tpr_at_1pct_fpr", "composition_mae",
-                                                 "composition_mae_ci", "composition_mae_analytic", "runtime_s")}
-
-            _run_cell(store, "inference", settings, work, log)
+    held = split(data, seed=0)[1]
+    picks = [held[(image * batch_size + i) % len(held)] for i in range(batch_size)]
+    return make_batch(data, picks, size=config.size, fit="crop" if data.min_size >= config.size else "resize",
+                      seed=1000 * seed + image)
 
 
-def _layer_cells(model, mc, config, data, store, out, progress, log):
-    from .leakage import layer_scores
-    from .report.plots import layer_scores_chart
+def _slug(name: str) -> str:
+    import hashlib
 
-    if not config.layers:
-        return
-    settings = {"model": mc.name, "steps": config.layer_attack_steps, "client_mode": config.client_mode,
-                "size": config.size, "seed": config.seeds[0]}
-
-    def work(key):
-        batch = _heldout_batch(data, config, 1, 0, config.seeds[0])
-        report = layer_scores(model, batch, data=data, steps=config.layer_attack_steps, seed=config.seeds[0],
-                              train_mode=config.client_mode == "train", show_progress=progress)
-        chart = Path("artefacts") / f"{key}-layers.png"
-        layer_scores_chart(report, out / chart)
-        return {"report": report.to_dict(), "artefacts": {"chart": chart.as_posix()}}
-
-    _run_cell(store, "layers", settings, work, log)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] + "-" + hashlib.sha256(name.encode()).hexdigest()[:6]
 
 
-def _tradeoff_cells(model, mc, config, data, store, out, progress, log):
-    from .tradeoff import TradeoffSettings, run_tradeoff
+def _spec(model) -> dict:
+    from .models import model_spec
 
-    if config.defenses == ("none",) or not config.defenses:
-        return
-    settings_obj = TradeoffSettings(size=config.size, batch_size=1, train_steps=config.tradeoff_train_steps,
-                                    attack_steps=config.attack_steps, client_mode=config.client_mode,
-                                    seed=config.seeds[0])
-    for spec in config.defenses:
-        settings = {"model": mc.name, "defense": spec, "train_steps": config.tradeoff_train_steps,
-                    "attack_steps": config.attack_steps, "client_mode": config.client_mode, "size": config.size,
-                    "seed": config.seeds[0]}
+    return {**model_spec(model), "parameters": sum(p.numel() for p in model.parameters())}
 
-        def work(_key, spec=spec):
-            row = run_tradeoff(model, data, [spec], settings_obj, progress=progress)[0]
-            if row.get("name") == "dp":
-                from .privacy import make_private_model
-                import copy
 
-                _, changes = make_private_model(copy.deepcopy(model))
-                params = row.get("params", {})
-                row["dp"] = {"epsilon": row.get("epsilon"), "delta": params.get("delta"),
-                             "noise_multiplier": row.get("noise_multiplier"), "max_grad_norm": row.get("max_grad_norm"),
-                             "sample_rate": row.get("sample_rate"), "steps": config.tradeoff_train_steps,
-                             "accountant": params.get("accountant"), "model_changes": changes}
-            return {k: v for k, v in row.items() if k != "defense"}
-
-        _run_cell(store, "tradeoff", settings, work, log)
+def _eval_size(data) -> int:
+    return max(32, min(256, data.min_size) // 32 * 32)
 
 
 # -- results.json -------------------------------------------------------------------------------------------------
@@ -297,6 +485,14 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _data_source(name: str) -> str:
+    from .data import BUNDLED
+
+    if name in BUNDLED:
+        return f"bundled dataset '{name}' shipped with segaudit (provenance and licence: data/README.md)"
+    return f"the auditor's folder {name}"
+
+
 def _mean_ci(values: list[float]) -> dict[str, Any] | None:
     v = [x for x in values if x is not None and not math.isnan(x)]
     if not v:
@@ -304,6 +500,20 @@ def _mean_ci(values: list[float]) -> dict[str, Any] | None:
     mean = float(np.mean(v))
     half = 1.96 * float(np.std(v, ddof=1)) / math.sqrt(len(v)) if len(v) > 1 else 0.0
     return {"mean": mean, "ci": [mean - half, mean + half], "n": len(v)}
+
+
+def _report_order(config: AuditConfig) -> Callable[[dict], tuple]:
+    """Sort key of stored runs: the plan's order, whatever order the cells finished in (so executors agree)."""
+    position = {"model": [m.name for m in config.models], "mode": list(config.modes),
+                "batch_size": [*config.batch_sizes, *config.inference_batch_sizes], "seed": list(config.seeds),
+                "defense": list(config.defenses), "attack": [*config.attacks, *config.inference]}
+
+    def key(run: dict) -> tuple:
+        where = [position[f].index(run.get(f)) if run.get(f) in position[f] else len(position[f])
+                 for f in ("model", "attack", "mode", "batch_size", "seed", "defense")]
+        return (*where, run.get("image") or 0, run["key"])
+
+    return key
 
 
 def collect(store: ResultsStore, meta: dict[str, Any]) -> dict[str, Any]:
@@ -321,8 +531,9 @@ def collect(store: ResultsStore, meta: dict[str, Any]) -> dict[str, Any]:
                        "in_channels": data.channels, "classes": data.num_classes, "class_names": list(data.class_names),
                        "intended_use": mc.intended_use,
                        "trained": None if train is None else {k: train.get(k) for k in ("steps", "heldout_dice", "heldout_iou")}})
+    order = _report_order(config)
     runs = [{k: v for k, v in r.items() if k != "kind"} | {"id": r["key"], "kind": "attack"}
-            for r in store.runs("attack")]
+            for r in sorted(store.runs("attack"), key=order)]
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         if r["status"] == "ok":
@@ -338,11 +549,13 @@ def collect(store: ResultsStore, meta: dict[str, Any]) -> dict[str, Any]:
         "command": meta.get("command", ""), "config_hash": meta.get("config_hash"), "config": meta["config"],
         "versions": _versions(),
         "data": {"name": config.data, "images": len(data), "classes": list(data.class_names), "channels": data.channels,
-                 "size": config.size},
+                 "size": config.size, "source": _data_source(config.data)},
         "models": models, "runs": runs, "cells": cells,
-        "inference": [{k: v for k, v in r.items() if k not in ("kind", "key")} for r in store.runs("inference")],
+        "inference": [{k: v for k, v in r.items() if k not in ("kind", "key")}
+                      for r in sorted(store.runs("inference"), key=order)],
         "layers": layers,
-        "tradeoff": [{k: v for k, v in r.items() if k not in ("kind", "key")} for r in store.runs("tradeoff")],
+        "tradeoff": [{k: v for k, v in r.items() if k not in ("kind", "key")}
+                     for r in sorted(store.runs("tradeoff"), key=order)],
     }
     try:
         from .report.findings import recommendations, risk

@@ -357,6 +357,21 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from . import sweep
+    from .config import AuditConfig
+
+    config = AuditConfig.from_yaml(args.config)
+    result = sweep.run(config, args.out, executor=args.executor, max_parallel=args.max_parallel, address=args.address,
+                       threads=args.threads, force=args.force, redact=args.redact, progress=not args.quiet,
+                       command=" ".join(["segaudit", *sys.argv[1:]]), log=lambda m: print(m, file=sys.stderr))
+    n = result.cells
+    where = result.report or result.out / "results.json"
+    print(f"sweep {config.name!r} ({args.executor}): {n['planned']} cells, {n['run']} run now, {n['failed']} failed, "
+          f"{n['left_out']} left out; risk {result.risk or 'not rated'} -> {where}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from pathlib import Path
 
@@ -533,6 +548,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", required=True, help="audit folder (resumed when it holds a store)")
     p.add_argument("--force", action="store_true", help="start afresh in a non-empty --out")
     p.set_defaults(func=cmd_audit)
+
+    p = command("sweep", "run an audit config's grid of cells in parallel (process pool or Ray); same store and "
+                         "report as 'audit'; a rerun skips finished cells")
+    p.add_argument("config", metavar="CONFIG.yaml", help="audit config: the grid is models x attacks x modes x "
+                                                         "batch sizes x images x seeds, plus inference, layers, defenses")
+    p.add_argument("--executor", choices=("local", "ray", "sequential"), default="local",
+                   help="local: a process pool (default); ray: a Ray cluster (pip install 'segaudit[ray]')")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster address (auto, HOST:6379, ray://HOST:10001); "
+                                                     "without it a local Ray instance is started")
+    p.add_argument("--max-parallel", type=int, metavar="N", help="cells at once (default: CPU cores, or the cluster's)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch threads per cell (default: cores / N locally, 1 on Ray)")
+    p.add_argument("--redact", action="store_true", help="leave client images out of the report")
+    p.add_argument("--out", metavar="DIR", required=True, help="sweep folder (resumed when it holds a store)")
+    p.add_argument("--force", action="store_true", help="start afresh in a non-empty --out")
+    p.set_defaults(func=cmd_sweep)
 
     p = command("report", "write the self-contained HTML report of an audit (results.json or a .sqlite results store)")
     p.add_argument("results", metavar="RESULTS", help="results.json (or its folder), or a .sqlite results store")

@@ -9,7 +9,7 @@ from segaudit.cli import build_parser, main
 from segaudit.updates import load_update
 
 COMMANDS = ["attack", "train", "update", "demo", "info", "privacy", "tradeoff", "layers", "check-update", "infer",
-            "audit", "report"]
+            "audit", "report", "sweep"]
 
 
 def run_cli(*args, cwd=None):
