@@ -19,6 +19,15 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Lay out ``fig``, write it as a PNG atomically and free it."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    _pyplot().close(fig)
+    return Path(path)
+
+
 def _show(image) -> np.ndarray:
     """``[C,H,W]`` in [0, 1] -> an array imshow takes (greyscale squeezed)."""
     array = image.permute(1, 2, 0).numpy()
@@ -53,11 +62,7 @@ def reconstruction_grid(batch: Batch, rec: Reconstruction, path: str | Path, tit
                 ax.imshow(panel, cmap="viridis", vmin=0, vmax=k, interpolation="nearest")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def layer_scores_chart(report, path: str | Path) -> Path:
@@ -76,11 +81,7 @@ def layer_scores_chart(report, path: str | Path) -> Path:
     # patches, not empty barh calls: those give every legend entry the default colour
     ax.legend(handles=[Patch(color=c, label=k) for k, c in colors.items() if any(g.kind == k for g in groups)],
               fontsize=7, loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def tradeoff_frontier(rows: list[dict], path: str | Path, title: str = "") -> Path:
@@ -109,11 +110,7 @@ def tradeoff_frontier(rows: list[dict], path: str | Path, title: str = "") -> Pa
     axes[0].set_ylabel("utility: held-out Dice  (higher is better)")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -140,8 +137,4 @@ def roc_plot(labels, scores, path: str | Path, title: str = "") -> Path:
     ax.legend(loc="lower right", fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
