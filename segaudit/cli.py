@@ -30,6 +30,16 @@ def _add_data_args(p: argparse.ArgumentParser, size: int = 64) -> None:
     g.add_argument("--size", type=int, default=size, help=f"image size in pixels (default: {size})")
 
 
+def _add_protocol_args(p: argparse.ArgumentParser) -> None:
+    """The client's protocol: FedSGD or FedAvg (local steps, learning rate) and the model's mode."""
+    g = p.add_argument_group("client protocol")
+    g.add_argument("--mode", choices=("fedsgd", "fedavg"), default="fedsgd")
+    g.add_argument("--local-steps", type=int, default=1, help="FedAvg local steps")
+    g.add_argument("--lr", type=float, default=0.01, help="the client's FedAvg learning rate")
+    g.add_argument("--client-mode", choices=("train", "eval"), default="train",
+                   help="the client's model mode (BatchNorm on batch or running statistics)")
+
+
 def _add_out_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
     p.add_argument("--out", metavar="DIR", required=default is None, default=default, help="output folder")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
@@ -457,11 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", metavar="FILE", help="the mask of --image (segmentation)")
     p.add_argument("--label", type=int, help="the label of the images (classification archs)")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--mode", choices=("fedsgd", "fedavg"), default="fedsgd")
-    p.add_argument("--local-steps", type=int, default=1, help="FedAvg local steps")
-    p.add_argument("--lr", type=float, default=0.01, help="the client's FedAvg learning rate")
-    p.add_argument("--client-mode", choices=("train", "eval"), default="train",
-                   help="the client's model mode (BatchNorm on batch or running statistics)")
+    _add_protocol_args(p)
     p.add_argument("--attack", choices=ATTACKS.available(), default="seg")
     p.add_argument("--steps", type=int, help="optimisation steps per restart (default: the attack's own, e.g. 200 for seg)")
     p.add_argument("--restarts", type=int, default=1)
@@ -519,10 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--updates", type=int, default=200, help="target updates to attack (default: 200)")
     p.add_argument("--shadow-updates", type=int, help="updates the attacker simulates to fit (default: --updates)")
     p.add_argument("--crops-per-image", type=int, default=16, help="random crops per image in the client pool")
-    p.add_argument("--mode", choices=("fedsgd", "fedavg"), default="fedsgd")
-    p.add_argument("--local-steps", type=int, default=1, help="FedAvg local steps")
-    p.add_argument("--lr", type=float, default=0.01, help="the client's FedAvg learning rate")
-    p.add_argument("--client-mode", choices=("train", "eval"), default="train")
+    _add_protocol_args(p)
     p.add_argument("--defense", default="none", metavar="SPEC", help="a defense the clients apply, e.g. noise:0.1")
     p.add_argument("--seed", type=int, default=0)
     _add_out_args(p)
