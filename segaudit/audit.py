@@ -58,11 +58,12 @@ def run(config: AuditConfig, out: str | Path, *, force: bool = False, redact: bo
         >>> result.risk, result.report
     """
     from .data import load_dataset
-    from .io import check_out_dir, write_json
+    from .io import check_out_dir, check_replaceable, write_json
 
     out = Path(out)
     store_path = out / "results.sqlite"
     if force and out.exists():
+        check_replaceable(out)
         shutil.rmtree(out)
     elif not store_path.exists():
         check_out_dir(out, force=False)
@@ -230,14 +231,14 @@ def execute(executor, cells: list[Cell], job: Job, store: ResultsStore, out: Pat
 
 def save_outcome(done: dict, store: ResultsStore, out: Path) -> None:
     """Write a finished cell's files (atomically) and then its row."""
-    from .io import atomic_dir, atomic_path
+    from .io import atomic_dir, atomic_path, inside
 
     for rel, files in done.get("dirs", {}).items():
-        with atomic_dir(out / rel) as tmp:
+        with atomic_dir(inside(out, rel)) as tmp:
             for name, blob in files.items():
-                (tmp / name).write_bytes(blob)
+                inside(tmp, name).write_bytes(blob)
     for rel, blob in done.get("files", {}).items():
-        with atomic_path(out / rel) as tmp:
+        with atomic_path(inside(out, rel)) as tmp:
             tmp.write_bytes(blob)
     store.put(done["key"], done["kind"], done["settings"], done["result"], done["seconds"])
 

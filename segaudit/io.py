@@ -52,13 +52,38 @@ def _jsonable(obj: Any) -> Any:
 
 
 def check_out_dir(path: str | os.PathLike, force: bool = False) -> Path:
-    """Refuse an output folder that exists and is not empty (unless ``force``); creates nothing."""
+    """Refuse an output folder that exists and is not empty (unless ``force``), or that holds the working or home
+    folder (it would be replaced); creates nothing."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise SegauditError(f"output path {path} exists and is not a folder; choose another --out")
     if path.is_dir() and any(path.iterdir()) and not force:
         raise SegauditError(f"output folder {path} already exists and is not empty; pass --force to overwrite or choose another --out")
+    if path.is_dir():
+        check_replaceable(path)
     return path
+
+
+def check_replaceable(path: str | os.PathLike) -> Path:
+    """Refuse to replace (delete) the filesystem root, the home folder, the working folder or a folder above them."""
+    target = Path(path).resolve()
+    kept = [Path.cwd()]
+    try:
+        kept.append(Path.home())
+    except (RuntimeError, KeyError):  # no home folder known (some containers)
+        pass
+    if target == Path(target.anchor) or any(p.resolve().is_relative_to(target) for p in kept):
+        raise SegauditError(f"refusing to replace {os.fspath(path)!r}: it is or holds the working or home folder; "
+                            "give --out a new sub-folder")
+    return Path(path)
+
+
+def inside(root: str | os.PathLike, rel: str | os.PathLike) -> Path:
+    """``root / rel``, refusing a ``rel`` that is empty, absolute or leads outside ``root`` (``..``, links)."""
+    base, target = Path(root).resolve(), (Path(root) / rel).resolve()
+    if not os.fspath(rel) or Path(rel).is_absolute() or target == base or not target.is_relative_to(base):
+        raise SegauditError(f"refusing to write {os.fspath(rel)!r}: output names must stay inside {os.fspath(root)}")
+    return Path(root) / rel
 
 
 def check_out_file(path: str | os.PathLike, force: bool = False, suffix: str | None = None) -> Path:
@@ -74,14 +99,23 @@ def check_out_file(path: str | os.PathLike, force: bool = False, suffix: str | N
 
 
 @contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds."""
+def atomic_dir(path: str | os.PathLike, merge: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds.
+
+    With ``merge``, an existing ``path`` is kept and each file made in the block is renamed into it
+    (other files stay); a new ``path`` still appears whole.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
+        if merge and path.is_dir():
+            for item in tmp.iterdir():
+                os.replace(item, path / item.name)
+            return
         if path.exists():
+            check_replaceable(path)
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:

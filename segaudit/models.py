@@ -1061,20 +1061,25 @@ def save_model(model: nn.Module, folder: str | Path) -> Path:
     smp models: ``save_pretrained`` (``config.json`` + ``model.safetensors`` + model card) plus
     ``segaudit.json``; classifiers: ``model.safetensors`` + ``segaudit.json``.
 
+    The files are written aside and renamed in: a new folder appears whole, an existing one gets whole files
+    (its other files stay).
+
     Returns:
         The folder.
     """
+    from .io import atomic_dir
+
     folder = Path(folder)
     spec = model_spec(model)
     inner, _ = _unwrap(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    if hasattr(inner, "save_pretrained") and _looks_like_smp(inner):
-        inner.save_pretrained(folder)
-    else:
-        from safetensors.torch import save_model as save_safetensors
+    with atomic_dir(folder, merge=True) as tmp:
+        if hasattr(inner, "save_pretrained") and _looks_like_smp(inner):
+            inner.save_pretrained(tmp)
+        else:
+            from safetensors.torch import save_model as save_safetensors
 
-        save_safetensors(inner, str(folder / WEIGHTS_FILE))
-    (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+            save_safetensors(inner, str(tmp / WEIGHTS_FILE))
+        (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
     return folder
 
 
