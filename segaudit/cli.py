@@ -170,7 +170,7 @@ def _attack_batch(args, data, model):
         raise SegauditError(f"--batch-size must be at least 1, got {args.batch_size}")
     # more images than the dataset holds: distinct random crops of the same images
     batch = make_batch(data, [i % len(data) for i in range(args.batch_size)], size=args.size, seed=args.seed,
-                       fit="crop" if data.min_size >= args.size else "resize", stride=_stride(model))
+                       fit=_fit(data, args.size), stride=_stride(model))
     if is_segmentation(model):
         return batch
     k = model.segaudit_spec["classes"]
@@ -181,6 +181,12 @@ def _attack_batch(args, data, model):
     else:  # a segmentation dataset labels each crop by its most frequent class
         labels = torch.stack([torch.bincount(m.flatten(), minlength=k).argmax() for m in batch.masks])
     return Batch(batch.images, labels, tuple(f"class_{i}" for i in range(k)), batch.names, batch.mean, batch.std)
+
+
+def _fit(data, size: int) -> str:
+    """Random ``size`` crops when every image side is at least ``size`` (any aspect ratio), else scale the longer
+    side to ``size`` and zero-pad the shorter one (see :func:`segaudit.data.make_batch`)."""
+    return "crop" if data.min_size >= size else "resize"
 
 
 def _stride(model) -> int:
@@ -212,7 +218,7 @@ def cmd_attack(args) -> int:
               "client_mode": args.client_mode, "size": args.size, "seed": args.seed,
               "runtime_s": outcome.runtime_s, "status": rec.status, "metrics": outcome.metrics,
               "restart_losses": rec.restart_losses, "restart_status": rec.restart_status,
-              "images": list(batch.names)}
+              "images": list(batch.names), "fit": _fit(data, args.size)}
     if "composition" in rec.extras:
         result["composition"] = rec.extras["composition"].tolist()
     with atomic_dir(out) as tmp:
@@ -221,7 +227,9 @@ def cmd_attack(args) -> int:
                             title=f"{args.attack} on {spec['arch']}, batch {len(batch)}, {args.mode}")
     m = outcome.metrics
     shown = ", ".join(f"{k} {v:.3g}" for k, v in m.items() if v is not None) or "nothing"
-    print(f"{args.attack}: {rec.status}; {shown} ({outcome.runtime_s:.0f} s) -> {out}")
+    scaled = f"; images scaled and padded to {args.size} px (smallest side {data.min_size})" \
+        if result["fit"] == "resize" else ""
+    print(f"{args.attack}: {rec.status}; {shown} ({outcome.runtime_s:.0f} s){scaled} -> {out}")
     return 0
 
 
@@ -237,7 +245,7 @@ def cmd_layers(args) -> int:
     if args.batch_size < 1:
         raise SegauditError(f"--batch-size must be at least 1, got {args.batch_size}")
     batch = make_batch(data, [i % len(data) for i in range(args.batch_size)], size=args.size, seed=args.seed,
-                       fit="crop" if data.min_size >= args.size else "resize", stride=_stride(model))
+                       fit=_fit(data, args.size), stride=_stride(model))
     report = layer_scores(model, batch, data=data, steps=args.steps, seed=args.seed, mode="fedsgd",
                           train_mode=args.client_mode == "train", show_progress=not args.quiet)
     with atomic_dir(out) as tmp:
@@ -361,7 +369,7 @@ def cmd_audit(args) -> int:
     else:
         config = AuditConfig.quick(**overrides) if args.quick else AuditConfig(**overrides)
     result = audit.run(config, args.out, force=args.force, redact=args.redact, progress=not args.quiet,
-                       command=" ".join(["segaudit", *sys.argv[1:]]), log=lambda m: print(m, file=sys.stderr))
+                       command=_command(args), log=lambda m: print(m, file=sys.stderr))
     where = result.report or result.out / "results.json"
     print(f"audit {config.name!r}: risk {result.risk or 'not rated'} -> {where}")
     return 0
@@ -374,12 +382,19 @@ def cmd_sweep(args) -> int:
     config = AuditConfig.from_yaml(args.config)
     result = sweep.run(config, args.out, executor=args.executor, max_parallel=args.max_parallel, address=args.address,
                        threads=args.threads, force=args.force, redact=args.redact, progress=not args.quiet,
-                       command=" ".join(["segaudit", *sys.argv[1:]]), log=lambda m: print(m, file=sys.stderr))
+                       command=_command(args), log=lambda m: print(m, file=sys.stderr))
     n = result.cells
     where = result.report or result.out / "results.json"
     print(f"sweep {config.name!r} ({args.executor}): {n['planned']} cells, {n['run']} run now, {n['failed']} failed, "
           f"{n['left_out']} left out; risk {result.risk or 'not rated'} -> {where}")
     return 0
+
+
+def _command(args) -> str:
+    """The command line that ran, quoted so that a shell runs it again (recorded in results.json)."""
+    import shlex
+
+    return shlex.join(["segaudit", *args.argv])
 
 
 def cmd_report(args) -> int:
@@ -604,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         return int(args.func(args) or 0)
     except SystemExit as e:  # --help
         return int(e.code or 0)

@@ -105,6 +105,7 @@ class AuditConfig:
             if any(b < 1 for b in getattr(self, key)):
                 raise SegauditError(f"'{key}' must hold positive batch sizes, got {list(getattr(self, key))}")
         for m in self.models:
+            _check_model_name(m.name)
             if m.train_steps < 1:
                 raise SegauditError(f"model {m.name!r}: 'train_steps' must be at least 1, got {m.train_steps}")
         for mode in self.modes:
@@ -162,6 +163,14 @@ class AuditConfig:
     def digest(self) -> str:
         """A short hash of the config, recorded in the report for reproducibility."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _check_model_name(name: str) -> None:
+    """A model name is a label that also names its folder under ``models/``: no path parts, no control characters."""
+    if not isinstance(name, str) or not name.strip() or name in (".", "..") or any(
+            c in "/\\" or ord(c) < 32 or ord(c) == 127 for c in name):
+        raise SegauditError(f"model name {name!r} is not a plain label (it also names a folder under models/); "
+                            "drop / and \\ and control characters, and do not use '.' or '..'")
 
 
 _SEQUENCES = {"attacks", "batch_sizes", "modes", "seeds", "defenses", "inference", "inference_batch_sizes"}

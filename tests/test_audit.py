@@ -42,6 +42,10 @@ def test_config_round_trips_through_dict_and_yaml(tmp_path):
     ({"attacks": ["nope"]}, "unknown attack 'nope'"),
     ({"models": []}, "no models"),
     ({"batch_sizes": [0]}, "positive batch sizes"),
+    ({"models": [{"name": "../../x"}]}, r"model name '\.\./\.\./x' is not a plain label"),
+    ({"models": [{"name": "a\\b"}]}, "is not a plain label"),
+    ({"models": [{"name": ".."}]}, r"model name '\.\.' is not a plain label"),
+    ({"models": [{"name": "x\n"}]}, r"model name 'x\\n' is not a plain label"),
 ])
 def test_bad_configs_are_refused_naming_the_key(raw, message):
     with pytest.raises(SegauditError, match=message):
@@ -94,7 +98,44 @@ def test_rerun_skips_finished_runs(finished, monkeypatch):
     assert again.results["runs"] == first.results["runs"]
 
 
-def test_an_interrupted_audit_keeps_a_consistent_store_and_resumes(tmp_path, monkeypatch):
+def stable(value):
+    """``results.json`` values without wall-clock fields (when it ran, how long it took) or the command line."""
+    if isinstance(value, dict):
+        return {k: stable(v) for k, v in value.items() if k not in ("created", "seconds", "runtime_s", "command")}
+    if isinstance(value, list):
+        return [stable(v) for v in value]
+    return value
+
+
+def same_outputs(a, b) -> None:
+    """Two audit folders hold the same results.json (bar timings), reconstruction grids and trained weights."""
+    ra, rb = (json.loads((out / "results.json").read_text()) for out in (a, b))
+    assert json.dumps(stable(ra), sort_keys=True) == json.dumps(stable(rb), sort_keys=True)
+    for run in ra["runs"]:
+        assert (a / run["artefacts"]["grid"]).read_bytes() == (b / run["artefacts"]["grid"]).read_bytes()
+    weights = [next((out / "models").glob("*/model.safetensors")).read_bytes() for out in (a, b)]
+    assert weights[0] == weights[1]
+
+
+def test_same_seed_and_config_give_bit_identical_results_and_record_how_to_rerun(finished, tmp_path, capsys):
+    import shlex
+
+    import yaml
+
+    out, _ = finished
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config().to_dict()))
+    argv = ["--quiet", "audit", str(config), "--out", str(tmp_path / "again")]
+    assert main(argv) == 0, capsys.readouterr().err
+    same_outputs(out, tmp_path / "again")
+    results = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert AuditConfig.from_dict(results["config"]) == tiny_config() and results["config_hash"] == tiny_config().digest()
+    assert results["config"]["seeds"] == [0] and results["created"]
+    assert {"python", "torch", "segmentation_models_pytorch", "opacus", "segaudit"} <= set(results["versions"])
+    assert shlex.split(results["command"]) == ["segaudit", *argv]  # the command line, quoted for a shell
+
+
+def test_an_interrupted_audit_keeps_a_consistent_store_and_resumes(finished, tmp_path, monkeypatch):
     out = tmp_path / "cut"
     create = ATTACKS.create
     calls = []
@@ -116,6 +157,7 @@ def test_an_interrupted_audit_keeps_a_consistent_store_and_resumes(tmp_path, mon
     monkeypatch.setattr(ATTACKS, "create", create)
     result = audit.run(tiny_config(), out, progress=False)
     assert len(result.results["runs"]) == 2 and (out / "report.html").is_file()
+    same_outputs(out, finished[0])  # the same results as the uninterrupted audit, not just a finished one
 
 
 def test_a_folder_without_a_store_is_not_clobbered(tmp_path):
@@ -125,6 +167,27 @@ def test_a_folder_without_a_store_is_not_clobbered(tmp_path):
     assert (tmp_path / "keep.txt").read_text() == "mine" and not (tmp_path / "results.sqlite").exists()
 
 
+def test_force_never_replaces_the_working_folder(tmp_path, monkeypatch):
+    (tmp_path / "keep.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SegauditError, match="refusing to replace '.'"):
+        audit.run(tiny_config(), ".", force=True, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("outcome", [{"files": {"../evil.png": b"x"}}, {"files": {"/tmp/evil.png": b"x"}},
+                                     {"dirs": {"models/../../evil": {"a": b"x"}}},
+                                     {"dirs": {"models/m": {"../../../evil": b"x"}}}])
+def test_a_cell_outcome_cannot_write_outside_the_audit_folder(tmp_path, outcome):
+    out = tmp_path / "out"
+    out.mkdir()
+    store = ResultsStore(out / "results.sqlite")
+    done = {"key": "k", "kind": "attack", "settings": {}, "result": {"status": "ok"}, "seconds": 0.0, **outcome}
+    with pytest.raises(SegauditError, match="output names must stay inside"):
+        audit.save_outcome(done, store, out)
+    assert store.runs() == [] and not [p for p in tmp_path.rglob("*") if p.is_file() and "evil" in str(p)]
+
+
 def test_cli_audit_bad_config_is_one_line(tmp_path, capsys):
     config = tmp_path / "a.yaml"
     config.write_text("name: x\nattack_step: 3\n")
@@ -132,3 +195,42 @@ def test_cli_audit_bad_config_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown config key 'attack_step'") and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_html_in_class_file_and_model_names_comes_out_escaped_and_everything_stays_in_out(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    evil_file, evil_class = "<img src=x onerror=alert(1)>", "<script>alert(1)</script>"
+    evil_model = '<b onmouseover="alert(1)">m'
+    data = tmp_path / evil_file  # the data folder's name is shown in the report; file names pair by it too
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:20, 8 + i:20 + i] = 1
+        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(data / "images" / f"{evil_file}{i}.png")
+        Image.fromarray(mask).save(data / "masks" / f"{evil_file}{i}.png")
+    (data / "classes.json").write_text(json.dumps(["background", evil_class]))
+    before = set(tmp_path.rglob("*"))
+    out = tmp_path / "out"
+    result = audit.run(tiny_config(data=str(data), models=(ModelConfig(evil_model, train_steps=3),)), out,
+                       progress=False)
+    assert all(p.is_relative_to(out) for p in set(tmp_path.rglob("*")) - before)  # nothing written beside out
+    assert result.results["data"]["classes"] == ["background", evil_class]  # kept as data, escaped when shown
+    html = (out / "report.html").read_text()
+    for raw in (evil_file, evil_class, evil_model, "<script", "<img src=x", "<b "):
+        assert raw not in html
+    for escaped in ("&lt;script&gt;alert(1)&lt;/script&gt;", "&lt;img src=x onerror=alert(1)&gt;",
+                    "&lt;b onmouseover=&#34;alert(1)&#34;&gt;m"):
+        assert escaped in html
+    tags = []
+
+    class Tags(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            tags.append((tag, dict(attrs)))
+
+    Tags().feed(html)
+    assert not [t for t, a in tags if t == "script" or any(k.startswith("on") for k in a)]
+    assert all(a["src"].startswith("data:image/png;base64,") for t, a in tags if t == "img")

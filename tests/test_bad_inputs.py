@@ -160,15 +160,28 @@ def _huge_image(tmp):
     return ["attack", "--data", str(root), "--classes", "2", "--steps", "1"], "tiles or downscale"
 
 
+def _non_square_mask_of_another_shape(tmp):
+    image = np.random.default_rng(0).integers(0, 255, (48, 80), dtype=np.uint8)
+    data = data_folder(tmp / "d", image, np.zeros((80, 48), np.uint8))  # the mask saved transposed
+    return ["attack", "--data", str(data), "--classes", "2", "--steps", "1"], "images/a.png is 48x80 but its mask"
+
+
+def _model_name_leaving_the_output(tmp):
+    config = tmp / "audit.yaml"
+    config.write_text("models:\n  - {name: ../../x, train_steps: 1}\n")
+    return ["audit", str(config)], "model name '../../x' is not a plain label"
+
+
 CASES = [_truncated_checkpoint, _pickle_checkpoint, _foreign_model_class, _rgb_model_grey_data, _grey_model_rgb_data,
          _mask_255, _mask_too_many_classes, _empty_dataset, _size_not_multiple, _other_arch_update, _nan_update,
-         _batchnorm_batch_one, _epsilon_zero, _delta_one, _existing_output, _huge_image]
+         _batchnorm_batch_one, _epsilon_zero, _delta_one, _existing_output, _huge_image,
+         _non_square_mask_of_another_shape, _model_name_leaving_the_output]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__.strip("_") for c in CASES])
 def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path, capsys, case):
     args, hint = case(tmp_path)
-    needs_out = args[0] in ("attack",)
+    needs_out = args[0] in ("attack", "audit")
     before = {p for p in tmp_path.rglob("*")}
     code = main(["--quiet", *args, *(["--out", str(tmp_path / "out")] if needs_out else [])])
     captured = capsys.readouterr()
@@ -178,3 +191,31 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path, capsys, case
     assert hint in err, err
     assert {p for p in tmp_path.rglob("*")} == before  # nothing written, nothing half-written
     assert not (tmp_path / "marker").exists()
+
+
+def test_force_never_replaces_the_working_folder(tmp_path, monkeypatch, capsys):
+    (tmp_path / "keep.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    before = {p for p in tmp_path.rglob("*")}
+    for out in (".", str(tmp_path)):
+        assert main(["--quiet", "attack", "--data", "nuclei", "--steps", "1", "--out", out, "--force"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: refusing to replace") and len(err.splitlines()) == 1, err
+    assert {p for p in tmp_path.rglob("*")} == before and (tmp_path / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("size, fit", [(32, "crop"), (64, "resize")])
+def test_non_square_images_are_cropped_or_scaled_and_padded_and_say_so(tmp_path, capsys, size, fit):
+    """48x80 images: crops when both sides reach --size, else the longer side is scaled to --size and padded."""
+    rng = np.random.default_rng(0)
+    mask = np.zeros((48, 80), np.uint8)
+    mask[10:30, 20:70] = 1
+    data = data_folder(tmp_path / "d", rng.integers(0, 255, (48, 80), dtype=np.uint8), mask)
+    save_model(tiny(), tmp_path / "model")
+    assert main(["--quiet", "attack", "--model", str(tmp_path / "model"), "--data", str(data), "--classes", "2",
+                 "--size", str(size), "--steps", "1", "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["fit"] == fit and result["size"] == size and result["status"] == "ok"
+    assert ("@y" in result["images"][0]) == (fit == "crop")  # a crop is named by its corner
+    said = "images scaled and padded to 64 px (smallest side 48)" in capsys.readouterr().out
+    assert said == (fit == "resize")
