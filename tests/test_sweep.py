@@ -181,3 +181,15 @@ def test_ctrl_c_stops_a_pool_sweep_leaving_whole_rows(runs, tmp_path):
     attack = [r for r in ResultsStore(out / "results.sqlite").runs("attack")]
     assert 3 <= len(attack) < 12 + 1 and all(r["status"] == "ok" for r in attack)
     assert all((out / r["artefacts"]["grid"]).is_file() for r in attack)
+    # a row kept from the interrupted sweep is the row an uninterrupted run computes (so resuming gives its result)
+    key, (kind, settings, result) = next((k, v) for k, v in rows(out).items()
+                                         if v[0] == "attack" and v[1]["steps"] == 20)
+    cell = audit.Cell.of(kind, settings)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the sweep's worker (--threads 1)
+    try:
+        fresh = audit.run_cell(cell, audit.make_job(grid(models=(UNET,), seeds=tuple(range(12)), attack_steps=20), out))
+    finally:
+        torch.set_num_threads(threads)
+    assert cell.key == key and without_runtime(json.loads(json.dumps(fresh["result"]))) == without_runtime(result)
+    assert fresh["files"][result["artefacts"]["grid"]] == (out / result["artefacts"]["grid"]).read_bytes()
