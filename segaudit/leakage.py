@@ -298,8 +298,8 @@ def attack_with_layers(model: nn.Module, update: ClientUpdate, prior: Prior, lay
         The reconstruction (images ``[N,C,H,W]``, masks ``[N,H,W]``).
     """
     from .attacks.base import best_restart
-    from .attacks.inversion import SegmentationInversion
-    from .attacks.objectives import GradientMatcher, simulate_update
+    from .attacks.inversion import MatchingLoss, SegmentationInversion
+    from .attacks.objectives import GradientMatcher
     from .attacks.recovery import recover_labels_or_composition
     from .fl import check_update
 
@@ -312,20 +312,13 @@ def attack_with_layers(model: nn.Module, update: ClientUpdate, prior: Prior, lay
     for p in net.parameters():
         p.requires_grad_(False)
     matcher = GradientMatcher(update.tensors, attacker.objective, list(layers))
-    chosen = matcher.names if update.meta.mode == "fedsgd" else list(update.tensors)
-    params = {n: p.detach() for n, p in net.named_parameters() if n in chosen}
-    buffers = {n: b.detach() for n, b in net.named_buffers()}
     head_bias = _head_bias(net)
     if head_bias in matcher.names:
         extras = recover_labels_or_composition(net, update, prior)
     else:
         extras = {"composition": torch.full((prior.num_classes,), 1.0 / prior.num_classes)}
-
-    def simulate(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return matcher(simulate_update(net, params, buffers, images, targets, update.meta))
-
-    gen = torch.Generator().manual_seed(seed)
-    result = attacker._restart(simulate, prior, gen, extras)
+    loss = MatchingLoss(net, update, matcher)
+    [result] = attacker._restarts(loss, prior, [torch.Generator().manual_seed(seed)], extras)
     return best_restart([result], prior.task, extras)
 
 

@@ -91,7 +91,7 @@ def box_bounds(prior: Prior) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference between neighbouring pixels of ``[N,C,H,W]`` images."""
-    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
-    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
+    """Mean absolute difference between neighbouring pixels, per restart: ``[R,N,C,H,W]`` -> ``[R]``."""
+    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().flatten(1).mean(1)
+    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().flatten(1).mean(1)
     return dx + dy

@@ -88,22 +88,25 @@ class DropoutInversion(SegmentationInversion):
     def _joint_variables(self) -> list[torch.Tensor]:
         return [] if self._state is None else list(self._state.logits.values())
 
-    def _restart(self, simulate, prior, gen, extras) -> RestartResult:
+    def _batchable(self) -> bool:
+        return self._state is None  # the masks hook into the model's forward, one restart at a time
+
+    def _restarts(self, loss, prior, gens, extras) -> list[RestartResult]:
         state = self._state
         if state is None:
-            return super()._restart(simulate, prior, gen, extras)
-        state.start(gen)
+            return super()._restarts(loss, prior, gens, extras)
+        state.start(gens[0])
 
-        def simulate_with_masks(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        def loss_with_masks(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             state.reset()
             state.active = True
             try:
-                loss = simulate(images, targets)
+                value = loss(images, targets)
             finally:
                 state.active = False
-            return loss + self.mask_reg * state.penalty() if state.logits else loss
+            return value + self.mask_reg * state.penalty() if state.logits else value
 
-        return super()._restart(simulate_with_masks, prior, gen, extras)
+        return super()._restarts(loss_with_masks, prior, gens, extras)
 
 
 class _MaskState:

@@ -19,12 +19,104 @@ from ..types import ClientUpdate, Prior, Reconstruction
 from .base import ATTACKS, Attack, RestartResult, best_restart, box_bounds, total_variation
 from .adaptive import Adaptation, adapt_to_defense
 from .objectives import GradientMatcher, simulate_update
+from .persample import GroupedMatcher, unsupported
 from .priors import BatchNormPrior
+
+
+class MatchingLoss:
+    """The matching loss of R restarts' dummy batches: ``images [R,N,C,H,W]``, soft ``targets [R,N,K,...]``
+    -> ``[R]``, all R in one batched pass when :func:`~segaudit.attacks.persample.unsupported` allows it
+    (eval-mode FedSGD, cosine objectives), else one simulated client update per restart.
+
+    Args:
+        model: the attacker's frozen copy of the global model.
+        update: the shared update (its metadata says how the client computed it).
+        matcher: the objective and the shared tensors to match.
+        bn: weight of the BatchNorm-statistics prior (train-mode updates that reveal batch statistics).
+        batched: allow the batched pass.
+    """
+
+    def __init__(self, model: nn.Module, update: ClientUpdate, matcher: GradientMatcher, bn: float = 0.0,
+                 batched: bool = True):
+        self.model, self.matcher, self.meta = model, matcher, update.meta
+        wanted = matcher.names if update.meta.mode == "fedsgd" else update.tensors  # FedAvg unrolls all weights
+        self.params = {n: p.detach() for n, p in model.named_parameters() if n in wanted}
+        self.buffers = {n: b.detach() for n, b in model.named_buffers()}
+        self.bn_prior = BatchNormPrior.from_update(model, update) if bn > 0 else None
+        self.bn = bn
+        self.sequential_because = unsupported(model, matcher, update.meta) if batched else "not batchable"
+        self.grouped = (GroupedMatcher(model, self.params, self.buffers, matcher, update.meta)
+                        if self.sequential_because is None else None)
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.grouped is not None:
+            return self.grouped(images, targets)
+        return torch.stack([self._one(x, t) for x, t in zip(images, targets)])
+
+    def _one(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = self.matcher(simulate_update(self.model, self.params, self.buffers, images, targets, self.meta))
+        return loss if self.bn_prior is None else loss + self.bn * self.bn_prior.distance()
+
+    def close(self) -> None:
+        if self.bn_prior is not None:
+            self.bn_prior.remove()
+
+
+class RestartTracker:
+    """Loss histories, best iterates and NaN abandonment of R restarts optimised together.
+
+    Args:
+        count: R.
+        keep_best: return each restart's iterate with the lowest matching loss (else the last one).
+    """
+
+    def __init__(self, count: int, keep_best: bool = False):
+        self.histories: list[list[float]] = [[] for _ in range(count)]
+        self.status = ["ok"] * count
+        self.alive = torch.ones(count, dtype=torch.bool)
+        self.keep_best = keep_best
+        self.best_loss = torch.full((count,), math.inf)
+        self.best: tuple[torch.Tensor, ...] = ()
+
+    def record(self, step: int, losses: torch.Tensor, *iterate: torch.Tensor) -> torch.Tensor:
+        """Log step ``step``'s losses ``[R]`` (and the iterate's tensors ``[R,...]``); returns the alive mask."""
+        losses = losses.detach()
+        for i, value in enumerate(losses.tolist()):
+            if not self.alive[i]:
+                continue
+            if math.isfinite(value):
+                self.histories[i].append(value)
+            else:
+                self.alive[i] = False
+                self.status[i] = f"abandoned: matching loss became {value} at step {step}"
+        if self.keep_best:
+            better = self.alive & (losses < self.best_loss)
+            self.best_loss = torch.where(better, losses, self.best_loss)
+            self.best = tuple(t.detach() if not self.best else
+                              torch.where(better.view(-1, *[1] * (t.dim() - 1)), t.detach(), b)
+                              for t, b in zip(iterate, self.best or iterate))
+        return self.alive
+
+    def results(self, images: torch.Tensor, targets: torch.Tensor) -> list[RestartResult]:
+        """One :class:`RestartResult` per restart from the final ``images``/soft ``targets`` ``[R,...]`` (or
+        the best iterates, whose loss then ends the history)."""
+        if self.keep_best and self.best:
+            images, targets = self.best
+        out = []
+        for i, history in enumerate(self.histories):
+            if not self.alive[i]:
+                out.append(RestartResult(None, None, [], self.status[i]))
+                continue
+            if self.keep_best:
+                history = [*history, float(self.best_loss[i])]
+            out.append(RestartResult(images[i], targets[i], history))
+        return out
 
 
 @dataclass
 class InversionAttack(Attack):
-    """Shared machinery: restarts with their own seeds, NaN abandonment, best-restart choice.
+    """Shared machinery: restarts with their own seeds, run together in one batched pass where the client's
+    computation allows it (:class:`MatchingLoss`), NaN abandonment, best-restart choice.
 
     Args:
         steps: optimisation steps per restart.
@@ -36,9 +128,10 @@ class InversionAttack(Attack):
             statistics (see :class:`~segaudit.attacks.priors.BatchNormPrior`); 0 disables it.
         adaptive: read ``update.meta.defense`` and adapt the matching loss to the defense the client applied
             (see :func:`~segaudit.attacks.adaptive.adapt_to_defense`); ``False`` is the naive attacker.
+        restart_batch: the most restarts optimised together in one batched pass (memory grows with it).
         show_progress: a progress bar over steps.
-        callback: ``callback(step, images)`` after every step (e.g. to plot progress); it gets the attack's
-            current images ``[N,C,H,W]`` only.
+        callback: ``callback(step, images)`` after every step (e.g. to plot progress), once per restart; it
+            gets that restart's current images ``[N,C,H,W]`` only.
     """
 
     steps: int = 300
@@ -48,60 +141,57 @@ class InversionAttack(Attack):
     layers: tuple[str, ...] | None = None
     bn: float = 0.0
     adaptive: bool = True
+    restart_batch: int = 8
     show_progress: bool = False
     callback: Callable[[int, torch.Tensor], None] | None = None
 
     def __post_init__(self):
-        if self.steps < 1 or self.restarts < 1:
+        if self.steps < 1 or self.restarts < 1 or self.restart_batch < 1:
             raise SegauditError(f"an attack needs at least 1 step and 1 restart, got steps={self.steps}, "
-                                f"restarts={self.restarts}")
+                                f"restarts={self.restarts}, restart_batch={self.restart_batch}")
 
     def _run(self, model: nn.Module, update: ClientUpdate, prior: Prior) -> Reconstruction:
         adaptation = adapt_to_defense(update) if self.adaptive else Adaptation()
         matcher = GradientMatcher(update.tensors, self.objective, self.layers, weights=adaptation.weights,
                                   support_only=adaptation.support_only)
-        params = {n: p.detach() for n, p in model.named_parameters() if n in update.tensors}
-        buffers = {n: b.detach() for n, b in model.named_buffers()}
-        bn_prior = BatchNormPrior.from_update(model, update) if self.bn > 0 else None
-
-        def simulate(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            loss = matcher(simulate_update(model, params, buffers, images, targets, update.meta))
-            return loss if bn_prior is None else loss + self.bn * bn_prior.distance()
-
-        results, extras = [], {**self._analytic(model, update, prior), "adaptation": adaptation.summary()}
+        loss = MatchingLoss(model, update, matcher, self.bn, batched=self._batchable())
+        extras = {**self._analytic(model, update, prior), "adaptation": adaptation.summary(),
+                  "restarts_batched": loss.sequential_because or "yes"}
+        size = self.restart_batch if loss.grouped is not None else 1
+        results: list[RestartResult] = []
         try:
-            for r in range(self.restarts):
-                gen = torch.Generator().manual_seed(self.seed + r)
-                try:
-                    results.append(self._restart(simulate, prior, gen, extras))
-                except FloatingPointError as e:
-                    results.append(RestartResult(None, None, [], f"abandoned: {e}"))
+            for first in range(0, self.restarts, size):
+                seeds = range(self.seed + first, self.seed + min(first + size, self.restarts))
+                results += self._restarts(loss, prior, [torch.Generator().manual_seed(s) for s in seeds], extras)
         finally:
-            if bn_prior is not None:
-                bn_prior.remove()
+            loss.close()
         return best_restart(results, prior.task, extras)
+
+    def _batchable(self) -> bool:
+        """Whether restarts may share one batched pass (not for optimisers that couple them, e.g. L-BFGS)."""
+        return True
 
     def _analytic(self, model: nn.Module, update: ClientUpdate, prior: Prior) -> dict:
         """Closed-form facts recovered before optimising (labels, class composition); none by default."""
         return {}
 
-    def _restart(self, simulate, prior: Prior, gen: torch.Generator, extras: dict) -> RestartResult:
+    def _restarts(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], prior: Prior,
+                  gens: list[torch.Generator], extras: dict) -> list[RestartResult]:
+        """Optimise one restart per generator together; ``loss(images [R,N,...], targets [R,N,...]) -> [R]``."""
         raise NotImplementedError
 
     def _steps(self):
         return progress(range(self.steps), type(self).__name__, total=self.steps, enabled=self.show_progress)
 
+    def _report(self, step: int, images: torch.Tensor) -> None:
+        if self.callback:
+            for restart in images.detach():
+                self.callback(step, restart)
+
 
 def _target_shape(prior: Prior) -> tuple[int, ...]:
     n, k = prior.batch_size, prior.num_classes
     return (n, k, *prior.image_shape[1:]) if prior.task == "segmentation" else (n, k)
-
-
-def _check_finite(value: torch.Tensor, step: int) -> float:
-    v = value.item()
-    if not math.isfinite(v):
-        raise FloatingPointError(f"matching loss became {v} at step {step}")
-    return v
 
 
 @ATTACKS.register("dlg")
@@ -118,23 +208,28 @@ class DLG(InversionAttack):
     history_size: int = 100
     max_iter: int = 20
 
-    def _restart(self, simulate, prior, gen, extras) -> RestartResult:
-        x = torch.randn((prior.batch_size, *prior.image_shape), generator=gen).requires_grad_()
-        logits = torch.randn(_target_shape(prior), generator=gen).requires_grad_()
+    def _batchable(self) -> bool:
+        return False  # L-BFGS's line search and history would couple restarts optimised together
+
+    def _restarts(self, loss, prior, gens, extras) -> list[RestartResult]:
+        x = torch.stack([torch.randn((prior.batch_size, *prior.image_shape), generator=g) for g in gens])
+        logits = torch.stack([torch.randn(_target_shape(prior), generator=g) for g in gens])
+        x.requires_grad_()
+        logits.requires_grad_()
         opt = torch.optim.LBFGS([x, logits], lr=self.lr, history_size=self.history_size, max_iter=self.max_iter)
-        history: list[float] = []
+        track = RestartTracker(len(gens))
 
         def closure():
             opt.zero_grad()
-            loss = simulate(x, logits.softmax(1))
-            loss.backward()
-            return loss
+            value = loss(x, logits.softmax(2)).sum()
+            value.backward()
+            return value
 
         for step in self._steps():
-            history.append(_check_finite(opt.step(closure), step))
-            if self.callback:
-                self.callback(step, x.detach())
-        return RestartResult(x.detach(), logits.detach().softmax(1), history)
+            if not track.record(step, opt.step(closure).view(1)).all():
+                break
+            self._report(step, x)
+        return track.results(x.detach(), logits.detach().softmax(2))
 
 
 @ATTACKS.register("ig")
@@ -169,29 +264,31 @@ class InvertingGradients(InversionAttack):
         noise = 0.1 * torch.randn(_target_shape(prior), generator=gen)
         return comp.log().view(1, -1, *([1] * (len(prior.image_shape) - 1))) + noise
 
-    def _restart(self, simulate, prior, gen, extras) -> RestartResult:
+    def _restarts(self, loss, prior, gens, extras) -> list[RestartResult]:
         lo, hi = box_bounds(prior)
-        x = torch.randn((prior.batch_size, *prior.image_shape), generator=gen).clamp(lo, hi).requires_grad_()
-        logits = self._init_targets(prior, gen, extras).requires_grad_(prior.task == "segmentation")
+        x = torch.stack([torch.randn((prior.batch_size, *prior.image_shape), generator=g).clamp(lo, hi) for g in gens])
+        logits = torch.stack([self._init_targets(prior, g, extras) for g in gens])
+        x.requires_grad_()
+        logits.requires_grad_(prior.task == "segmentation")
         variables = [x, logits] if prior.task == "segmentation" else [x]
         opt = torch.optim.Adam(variables, lr=self.lr)
         sched = torch.optim.lr_scheduler.MultiStepLR(
             opt, milestones=[int(self.steps * f) for f in (3 / 8, 5 / 8, 7 / 8)], gamma=0.1)
-        history: list[float] = []
+        track = RestartTracker(len(gens))
         for step in self._steps():
             opt.zero_grad()
-            match = simulate(x, logits.softmax(1))
-            (match + self.tv * total_variation(x)).backward()
-            history.append(_check_finite(match.detach(), step))
-            for v in variables:
-                v.grad.sign_()
+            match = loss(x, logits.softmax(2))
+            alive = track.record(step, match)
+            if not alive.any():
+                break
+            torch.where(alive, match + self.tv * total_variation(x), 0.0).sum().backward()
+            _signed(variables, alive)
             opt.step()
             sched.step()
             with torch.no_grad():
                 x.clamp_(lo, hi)
-            if self.callback:
-                self.callback(step, x.detach())
-        return RestartResult(x.detach(), logits.detach().softmax(1), history)
+            self._report(step, x)
+        return track.results(x.detach(), logits.detach().softmax(2))
 
 
 @ATTACKS.register("seg")
@@ -232,13 +329,12 @@ class SegmentationInversion(InvertingGradients):
         """Extra leaf tensors optimised jointly with the image and mask (e.g. dropout masks); none here."""
         return []
 
-    def _restart(self, simulate, prior, gen, extras) -> RestartResult:
+    def _restarts(self, loss, prior, gens, extras) -> list[RestartResult]:
         n, (c, h, w) = prior.batch_size, prior.image_shape
         lo, hi = box_bounds(prior)
-        x = (lo + torch.rand((n, c, h, w), generator=gen) * (hi - lo)).requires_grad_()
-        m = self._init_targets(prior, gen, extras).requires_grad_()
-        history: list[float] = []
-        best = (math.inf, x.detach(), m.detach())
+        x = torch.stack([lo + torch.rand((n, c, h, w), generator=g) * (hi - lo) for g in gens])
+        m = torch.stack([self._init_targets(prior, g, extras) for g in gens])
+        track = RestartTracker(len(gens), keep_best=True)
         stage = None
         for step in self._steps():
             down, lr_scale = self._stage_at(step)
@@ -250,28 +346,34 @@ class SegmentationInversion(InvertingGradients):
             for group in opt.param_groups:
                 group["lr"] = self.lr * lr_scale * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / self.steps)))
             opt.zero_grad()
-            x_full, m_full = _resize(x, (h, w)), _resize(m, (h, w))
-            match = simulate(x_full, m_full.softmax(1))
-            (match + self.tv * total_variation(x_full)).backward()
-            value = _check_finite(match.detach(), step)
-            history.append(value)
-            if value < best[0]:
-                best = (value, x_full.detach(), m_full.detach())
-            for v in (x, m, *self._joint_variables()):
-                if v.grad is not None:
-                    v.grad.sign_()
+            x_full, probs = _resize(x, (h, w)), _resize(m, (h, w)).softmax(2)
+            match = loss(x_full, probs)
+            alive = track.record(step, match, x_full, probs)
+            if not alive.any():
+                break
+            torch.where(alive, match + self.tv * total_variation(x_full), 0.0).sum().backward()
+            _signed([x, m, *self._joint_variables()], alive)
             opt.step()
             with torch.no_grad():
                 x.clamp_(lo, hi)
-            if self.callback:
-                self.callback(step, _resize(x.detach(), (h, w)))
-        history.append(best[0])  # the restart's loss is that of the iterate it returns
-        return RestartResult(best[1], best[2].softmax(1), history)
+            self._report(step, _resize(x.detach(), (h, w)))
+        return track.results(x_full.detach(), probs.detach())
+
+
+def _signed(variables: list[torch.Tensor], alive: torch.Tensor) -> None:
+    """Signed gradients (Inverting Gradients' Adam on signs); abandoned restarts' rows stay still."""
+    for v in variables:
+        if v.grad is not None:
+            v.grad.sign_()
+            if v.dim() > 1 and v.shape[0] == alive.shape[0]:
+                v.grad[~alive] = 0
 
 
 def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Area-downsample or bilinearly upsample ``[N,C,h,w]`` to ``size`` (identity when equal)."""
+    """Area-downsample or bilinearly upsample ``[..., h, w]`` to ``size`` (identity when equal)."""
     if tuple(t.shape[-2:]) == tuple(size):
         return t
     mode = "area" if t.shape[-1] > size[-1] else "bilinear"
-    return F.interpolate(t, size=size, mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
+    out = F.interpolate(t.flatten(0, -4), size=size, mode=mode,
+                        **({"align_corners": False} if mode == "bilinear" else {}))
+    return out.unflatten(0, t.shape[:-3])

@@ -35,10 +35,7 @@ def cosine_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor
 
     With weights, each tensor's entries are scaled by ``sqrt(w_l)`` in both vectors.
     """
-    dot = sum(w * (d * t).sum() for d, t, w in zip(dummy, target, weights))
-    nd = sum(w * d.pow(2).sum() for d, w in zip(dummy, weights))
-    nt = sum(w * t.pow(2).sum() for t, w in zip(target, weights))
-    return 1 - dot / (nd.sqrt() * nt.sqrt()).clamp_min(1e-30)
+    return cosine_from_stats(*tensor_stats(dummy, target), weights)
 
 
 @OBJECTIVES.register("layer_cosine")
@@ -47,16 +44,40 @@ def layer_cosine_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.
 
     Tensors whose target is all zero (e.g. pruned away) carry no direction and are skipped.
     """
+    return layer_cosine_from_stats(*tensor_stats(dummy, target), weights)
+
+
+def tensor_stats(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor]):
+    """Per tensor ``<g_l, g*_l>``, ``||g_l||^2`` and ``||g*_l||^2``: all the cosine objectives need."""
+    return ([(d * t).sum() for d, t in zip(dummy, target)], [d.pow(2).sum() for d in dummy],
+            [t.pow(2).sum() for t in target])
+
+
+def cosine_from_stats(dots: Sequence[torch.Tensor], dummy_sq: Sequence[torch.Tensor],
+                      target_sq: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """:func:`cosine_distance` from per-tensor statistics (scalars, or ``[R]`` for R restarts at once)."""
+    dot = sum(w * d for d, w in zip(dots, weights))
+    nd = sum(w * d for d, w in zip(dummy_sq, weights))
+    nt = sum(w * t for t, w in zip(target_sq, weights))
+    return 1 - dot / (nd * nt).sqrt().clamp_min(1e-30)
+
+
+def layer_cosine_from_stats(dots: Sequence[torch.Tensor], dummy_sq: Sequence[torch.Tensor],
+                            target_sq: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """:func:`layer_cosine_distance` from per-tensor statistics (scalars, or ``[R]`` for R restarts)."""
     total, weight = 0.0, 0.0
-    for d, t, w in zip(dummy, target, weights):
-        nt = t.norm()
+    for dot, nd, nt, w in zip(dots, dummy_sq, target_sq, weights):
         if nt == 0:
             continue
-        total = total + w * (1 - (d * t).sum() / (d.norm() * nt).clamp_min(1e-30))
+        total = total + w * (1 - dot / (nd * nt).sqrt().clamp_min(1e-30))
         weight += w
     if weight == 0:
         raise SegauditError("every selected tensor of the update is zero; nothing to match")
     return total / weight
+
+
+#: Objectives computable from per-tensor inner products and norms (what batched restarts compute).
+FROM_STATS = {"cosine": cosine_from_stats, "layer_cosine": layer_cosine_from_stats}
 
 
 class GradientMatcher:
@@ -77,9 +98,10 @@ class GradientMatcher:
 
     def __init__(self, target: Tensors, objective: str = "layer_cosine", layers: Iterable[str] | None = None,
                  weights: Mapping[str, float] | None = None, support_only: bool = False):
-        self.objective = OBJECTIVES.get(objective)
+        self.name, self.objective = objective, OBJECTIVES.get(objective)
         self.names = select_names(target, layers)
         self.target = [target[n].detach() for n in self.names]
+        self.target_sq = [t.pow(2).sum() for t in self.target]
         self.weights = [_lookup(weights or {}, n, 1.0) for n in self.names]
         self.support = [(t != 0).to(t.dtype) for t in self.target] if support_only else None
 
@@ -88,6 +110,13 @@ class GradientMatcher:
         if self.support is not None:
             dummy = [d * s for d, s in zip(dummy, self.support)]
         return self.objective(dummy, self.target, self.weights)
+
+    def from_stats(self, dots: Sequence[torch.Tensor], dummy_sq: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The loss from per-tensor ``<g, g*>`` and ``||g||^2`` (each ``[R]``, in :attr:`names` order)."""
+        if self.name not in FROM_STATS:
+            raise SegauditError(f"objective {self.name!r} needs the whole simulated update; use one of "
+                                f"{', '.join(FROM_STATS)} for batched restarts")
+        return FROM_STATS[self.name](dots, dummy_sq, self.target_sq, self.weights)
 
 
 def select_names(tensors: Iterable[str], layers: Iterable[str] | None) -> list[str]:
