@@ -240,3 +240,17 @@ def test_risk_counts_the_undefended_tradeoff_row():
     found = risk({"tradeoff": [{"model": "m", "defense": "none", "attack_psnr": 22.0, "attack_mask_dice": 0.4},
                                {"model": "m", "defense": "dp:eps=1", "attack_psnr": 30.0}]})
     assert found["level"] == "high" and found["worst"]["psnr"] == 22.0
+
+
+def test_figure_titles_take_names_with_dollar_signs_as_text(tmp_path):
+    """A model named like matplotlib maths ('$\\frac$') must not fail the cell that draws its figure."""
+    import torch
+
+    from segaudit.report.plots import reconstruction_grid, roc_plot
+    from segaudit.types import Batch, Reconstruction
+
+    batch = Batch(torch.zeros(1, 1, 8, 8), torch.zeros(1, 8, 8, dtype=torch.long), ("bg", "fg"))
+    name = r"my$\frac$model"
+    path = reconstruction_grid(batch, Reconstruction(batch.images, batch.masks), tmp_path / "grid.png", title=name)
+    assert path.read_bytes().startswith(b"\x89PNG")
+    assert roc_plot([0, 1], [0.2, 0.8], tmp_path / "roc.png", title=name).is_file()

@@ -61,7 +61,7 @@ def reconstruction_grid(batch: Batch, rec: Reconstruction, path: str | Path, tit
             else:
                 ax.imshow(panel, cmap="viridis", vmin=0, vmax=k, interpolation="nearest")
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=9, parse_math=False)  # titles carry user names: "$" is not maths
     return _save(fig, path)
 
 
@@ -109,7 +109,7 @@ def tradeoff_frontier(rows: list[dict], path: str | Path, title: str = "") -> Pa
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("utility: held-out Dice  (higher is better)")
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=9, parse_math=False)  # titles carry user names: "$" is not maths
     return _save(fig, path)
 
 
@@ -136,5 +136,5 @@ def roc_plot(labels, scores, path: str | Path, title: str = "") -> Path:
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=9, parse_math=False)  # titles carry user names: "$" is not maths
     return _save(fig, path)
