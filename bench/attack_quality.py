@@ -4,7 +4,7 @@ Rows: Unet, DeepLabV3Plus, FPN (resnet18) x untrained / trained (`train_model`, 
 (4 local steps, lr 0.01) x batch 1 / 4. Cells: PSNR, SSIM, mask Dice (mean over the batch after one-to-one
 matching) and seconds. The client runs the model in eval mode unless --client-mode train.
 
-Run: .venv/bin/python bench/attack_quality.py [--steps 500] [--archs unet,deeplabv3plus,fpn] [--batches 1,4]
+Run: .venv/bin/python bench/attack_quality.py [--steps 500] [--restarts 8] [--archs unet,deeplabv3plus,fpn] [--batches 1,4]
 """
 import argparse
 import time
@@ -25,11 +25,12 @@ def main() -> None:
     ap.add_argument("--modes", default="fedsgd,fedavg")
     ap.add_argument("--states", default="untrained,trained")
     ap.add_argument("--client-mode", choices=("eval", "train"), default="eval")
+    ap.add_argument("--restarts", type=int, default=1, help="restarts, optimised together (best by matching loss)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     data = load_dataset("nuclei")
     _, heldout = split(data, seed=0)
-    print(f"seg attack, {args.steps} steps, client in {args.client_mode} mode, {torch.get_num_threads()} threads")
+    print(f"seg attack, {args.steps} steps, {args.restarts} restart(s), client in {args.client_mode} mode, {torch.get_num_threads()} threads")
     print("| arch | weights | mode | batch | PSNR dB | SSIM | mask Dice | seconds |")
     print("|---|---|---|---|---|---|---|---|")
     for arch in args.archs.split(","):
@@ -44,7 +45,7 @@ def main() -> None:
                                        seed=args.seed)
                     start = time.perf_counter()
                     out = attack_batch(model, batch, "seg", mode=mode, local_steps=4 if mode == "fedavg" else 1,
-                                       train_mode=args.client_mode == "train", steps=args.steps, seed=args.seed)
+                                       train_mode=args.client_mode == "train", steps=args.steps, restarts=args.restarts, seed=args.seed)
                     m = out.metrics
                     fmt = lambda v, f: format(v, f) if v is not None else "n/a"  # noqa: E731
                     print(f"| {arch} | {state} | {mode} | {n} | {fmt(m['psnr'], '.1f')} | {fmt(m['ssim'], '.3f')} | "

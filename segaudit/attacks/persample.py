@@ -70,28 +70,39 @@ class GroupedMatcher:
         self.model, self.params, self.buffers, self.matcher, self.meta = model, params, buffers, matcher, meta
         self.owners = _owners(model, matcher.names)
         self.support = dict(zip(matcher.names, matcher.support or [None] * len(matcher.names)))
+        self.copied: set[nn.Module] = set()  # layers whose input or output a later in-place op changes
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``images [R,N,C,H,W]`` and soft ``targets [R,N,K,H,W]`` (or ``[R,N,K]``) -> losses ``[R]``."""
         r, n = images.shape[:2]
         inputs: dict[nn.Module, torch.Tensor] = {}
         outputs: dict[nn.Module, torch.Tensor] = {}
+        versions: dict[nn.Module, tuple[int, int]] = {}
+
+        def copy_input(module, args):
+            return (args[0].clone(), *args[1:]) if module in self.copied else None
 
         def record(module, args, out):
             inputs[module], outputs[module] = args[0], out
-            return out.clone()  # later in-place ops (ReLU, residual +=) must not change the recorded output
+            versions[module] = (args[0]._version, out._version)
+            return out.clone() if module in self.copied else out
 
-        handles = [m.register_forward_hook(record) for m in set(self.owners.values())]
+        modules = set(self.owners.values())
+        handles = [h for m in modules for h in (m.register_forward_pre_hook(copy_input), m.register_forward_hook(record))]
         try:
             self.model.eval()
             logits = functional_call(self.model, {**self.params, **self.buffers}, (images.flatten(0, 1),))
         finally:
             for h in handles:
                 h.remove()
+        changed = {m for m in outputs if (inputs[m]._version, outputs[m]._version) != versions[m]}
+        if changed:  # an in-place op (ReLU, residual +=) overwrote a recorded tensor: copy those and run again
+            self.copied |= changed
+            return self(images, targets)
         logits = logits.unflatten(0, (r, n))
         loss = sum(task_loss(logits[i], targets[i], self.meta.loss, self.meta.reduction) for i in range(r))
-        modules = list(outputs)
-        deltas = dict(zip(modules, torch.autograd.grad(loss, [outputs[m] for m in modules], create_graph=True)))
+        seen = list(outputs)
+        deltas = dict(zip(seen, torch.autograd.grad(loss, [outputs[m] for m in seen], create_graph=True)))
         dots, norms = [], []
         for name, target in zip(self.matcher.names, self.matcher.target):
             module = self.owners[name]
@@ -128,13 +139,17 @@ def _stats(module: nn.Module, kind: str, a: torch.Tensor, delta: torch.Tensor, r
         x_hat = F.group_norm(a, module.num_groups, eps=module.eps) if kind == "weight" else 1
         grad = (delta * x_hat).unflatten(0, (r, -1)).transpose(1, 2).flatten(2).sum(-1)
         return _dense_stats(grad, target, support)
-    d, cols = _factors(module, a, delta, r)  # [R,G,o,M], [R,G,k,M]: grad_r = d_r @ cols_r^T per group
     if kind == "bias":
-        return _dense_stats(d.sum(-1).flatten(1), target, support)
-    (g, o, m), k = d.shape[1:], cols.shape[2]
+        grad = (delta.reshape(r, -1, delta.shape[-1]).sum(1) if isinstance(module, nn.Linear) else
+                delta.unflatten(0, (r, -1)).transpose(1, 2).flatten(2).sum(-1))
+        return _dense_stats(grad, target, support)
+    groups = getattr(module, "groups", 1)
+    o, k = target.shape[0] // groups, target[0].numel()
+    m = delta.numel() // (r * target.shape[0])  # samples x positions per restart
     if support is not None or m * (o + k) >= o * k:  # few entries or a support mask: materialise g
-        return _dense_stats((d @ cols.transpose(-1, -2)).reshape(r, *target.shape), target, support)
-    t_cols = target.reshape(g, o, k) @ cols.permute(1, 2, 0, 3).flatten(2)  # one GEMM for all restarts: [G,o,R*M]
+        return _dense_stats(_weight_grads(module, a, delta, r), target, support)
+    d, cols = _factors(module, a, delta, r)  # [R,G,o,M], [R,G,k,M]: g_r = d_r @ cols_r^T per group
+    t_cols = target.reshape(groups, o, k) @ cols.permute(1, 2, 0, 3).flatten(2)  # one GEMM for all restarts
     dot = (t_cols.unflatten(2, (r, m)).permute(2, 0, 1, 3) * d).sum((1, 2, 3))
     sq = ((d.transpose(-1, -2) @ d) * (cols.transpose(-1, -2) @ cols)).sum((1, 2, 3))
     return dot, sq
@@ -161,3 +176,16 @@ def _factors(module: nn.Module, a: torch.Tensor, delta: torch.Tensor, r: int) ->
     d = delta.reshape(r, -1, g, delta.shape[1] // g, positions).permute(0, 2, 3, 1, 4).flatten(3)
     return d, cols
 
+
+def _weight_grads(module: nn.Module, a: torch.Tensor, delta: torch.Tensor, r: int) -> torch.Tensor:
+    """Materialised per-restart weight gradients ``[R, *weight.shape]`` of a Conv2d or Linear layer."""
+    if isinstance(module, nn.Linear):
+        d, cols = _factors(module, a, delta, r)
+        return (d @ cols.transpose(-1, -2)).flatten(1, 2)
+    # the R restarts as R convolution groups: one weight-gradient call gives every restart's gradient
+    to_groups = lambda t: t.unflatten(0, (r, -1)).transpose(0, 1).flatten(1, 2)  # noqa: E731 [N, R*C, H, W]
+    weight = module.weight.repeat(r, 1, 1, 1)
+    grad = torch.ops.aten.convolution_backward(
+        to_groups(delta), to_groups(a), weight, None, module.stride, module.padding, module.dilation, False,
+        [0, 0], module.groups * r, [False, True, False])[1]
+    return grad.unflatten(0, (r, -1))
