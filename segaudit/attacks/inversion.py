@@ -92,9 +92,11 @@ class RestartTracker:
         if self.keep_best:
             better = self.alive & (losses < self.best_loss)
             self.best_loss = torch.where(better, losses, self.best_loss)
-            self.best = tuple(t.detach() if not self.best else
-                              torch.where(better.view(-1, *[1] * (t.dim() - 1)), t.detach(), b)
-                              for t, b in zip(iterate, self.best or iterate))
+            if not self.best:
+                self.best = tuple(t.detach() for t in iterate)
+            else:
+                self.best = tuple(torch.where(better.view(-1, *[1] * (t.dim() - 1)), t.detach(), b)
+                                  for t, b in zip(iterate, self.best))
         return self.alive
 
     def results(self, images: torch.Tensor, targets: torch.Tensor) -> list[RestartResult]:
