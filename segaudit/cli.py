@@ -616,10 +616,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_INPUTS = ("data", "model", "image", "mask", "update", "config", "results")
+
+
+def _protect_inputs(args) -> None:
+    """``--force`` replaces ``--out``: refuse when that would delete one of this run's own inputs."""
+    from pathlib import Path
+
+    out = getattr(args, "out", None)
+    if not out or not getattr(args, "force", False):
+        return
+    target = Path(out).resolve()
+    for key in _INPUTS:
+        value = getattr(args, key, None)
+        if isinstance(value, str) and Path(value).exists() and Path(value).resolve().is_relative_to(target):
+            raise SegauditError(f"--out {out} holds this run's {key} {value}; --force would delete it; "
+                                "choose another --out")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)
+        _protect_inputs(args)
         return int(args.func(args) or 0)
     except SystemExit as e:  # --help
         return int(e.code or 0)

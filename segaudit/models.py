@@ -32,6 +32,7 @@ import json
 import math
 import pickle
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -1186,7 +1187,9 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], Any]:
     """State dict (and embedded spec, if any) of a torch checkpoint, unpickled without running code."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols would break the one-line error
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "weights only load failed" in str(error).lower():
             raise SegauditError(

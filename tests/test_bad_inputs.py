@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -172,10 +173,16 @@ def _model_name_leaving_the_output(tmp):
     return ["audit", str(config)], "model name '../../x' is not a plain label"
 
 
+def _force_would_delete_the_data(tmp):
+    image = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    data = data_folder(tmp / "out" / "d", image, np.zeros((64, 64), np.uint8))
+    return ["attack", "--data", str(data), "--classes", "2", "--steps", "1", "--force"], "--force would delete it"
+
+
 CASES = [_truncated_checkpoint, _pickle_checkpoint, _foreign_model_class, _rgb_model_grey_data, _grey_model_rgb_data,
          _mask_255, _mask_too_many_classes, _empty_dataset, _size_not_multiple, _other_arch_update, _nan_update,
          _batchnorm_batch_one, _epsilon_zero, _delta_one, _existing_output, _huge_image,
-         _non_square_mask_of_another_shape, _model_name_leaving_the_output]
+         _non_square_mask_of_another_shape, _model_name_leaving_the_output, _force_would_delete_the_data]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__.strip("_") for c in CASES])
@@ -183,7 +190,10 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path, capsys, case
     args, hint = case(tmp_path)
     needs_out = args[0] in ("attack", "audit")
     before = {p for p in tmp_path.rglob("*")}
-    code = main(["--quiet", *args, *(["--out", str(tmp_path / "out")] if needs_out else [])])
+    with warnings.catch_warnings(record=True) as shown:  # a real run prints warnings on stderr too
+        warnings.simplefilter("always")
+        code = main(["--quiet", *args, *(["--out", str(tmp_path / "out")] if needs_out else [])])
+    assert not shown, [str(w.message)[:120] for w in shown]
     captured = capsys.readouterr()
     err = captured.err.strip()
     assert code == 2, (code, err)
