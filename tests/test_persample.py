@@ -130,3 +130,13 @@ def test_true_batch_of_two_matches_exactly():
     assert loss.grouped is not None
     images = batch.images[None].requires_grad_()
     assert float(loss(images, onehot[None])[0].detach()) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_callback_gets_each_restarts_full_size_images_every_step():
+    model, shape = tiny_unet()
+    batch = Batch(torch.rand(1, *shape), torch.zeros(1, *shape[1:], dtype=torch.long), ("background", "nucleus"))
+    update = client_update(model, batch, train_mode=False)
+    seen = []
+    ATTACKS.create("seg", steps=3, restarts=2, callback=lambda step, x: seen.append((step, tuple(x.shape)))
+                   ).run(model, update, Prior.from_batch_shape(batch))
+    assert seen == [(step, (1, *shape)) for step in range(3) for _ in range(2)]

@@ -185,9 +185,10 @@ class InversionAttack(Attack):
     def _steps(self):
         return progress(range(self.steps), type(self).__name__, total=self.steps, enabled=self.show_progress)
 
-    def _report(self, step: int, images: torch.Tensor) -> None:
+    def _report(self, step: int, images: torch.Tensor, size: tuple[int, int] | None = None) -> None:
+        """Hand each restart's current images (resized to ``size``) to the callback, if there is one."""
         if self.callback:
-            for restart in images.detach():
+            for restart in _resize(images.detach(), size or tuple(images.shape[-2:])):
                 self.callback(step, restart)
 
 
@@ -354,20 +355,22 @@ class SegmentationInversion(InvertingGradients):
             if not alive.any():
                 break
             torch.where(alive, match + self.tv * total_variation(x_full), 0.0).sum().backward()
-            _signed([x, m, *self._joint_variables()], alive)
+            _signed([x, m], alive)
+            _signed(self._joint_variables())
             opt.step()
             with torch.no_grad():
                 x.clamp_(lo, hi)
-            self._report(step, _resize(x.detach(), (h, w)))
+            self._report(step, x, (h, w))
         return track.results(x_full.detach(), probs.detach())
 
 
-def _signed(variables: list[torch.Tensor], alive: torch.Tensor) -> None:
-    """Signed gradients (Inverting Gradients' Adam on signs); abandoned restarts' rows stay still."""
+def _signed(variables: list[torch.Tensor], alive: torch.Tensor | None = None) -> None:
+    """Signed gradients (Inverting Gradients' Adam on signs). With ``alive [R]`` the variables are stacked by
+    restart ``[R, ...]`` and the rows of abandoned restarts stay still."""
     for v in variables:
         if v.grad is not None:
             v.grad.sign_()
-            if v.dim() > 1 and v.shape[0] == alive.shape[0]:
+            if alive is not None:
                 v.grad[~alive] = 0
 
 
