@@ -34,6 +34,17 @@ def test_layer_cosine_known_answer_and_subset():
     assert GradientMatcher(zero, "layer_cosine")(A).item() == pytest.approx(0.0)  # zero target skipped
 
 
+def test_layer_log_cosine_known_answer():
+    # enc distance 1 -> log(1 + 1/1e-4), head distance 0 -> 0; mean of the two
+    assert GradientMatcher(B, "layer_log_cosine")(A).item() == pytest.approx(math.log(10001) / 2, rel=1e-5)
+    assert GradientMatcher(B, "layer_log_cosine", layers=["head"])(A).item() == pytest.approx(0.0, abs=1e-6)
+    # a distance far below eps counts linearly: d / eps
+    near = {"enc.w": torch.tensor([1.0, 0.01]), "head.w": torch.tensor([3.0, 4.0])}
+    d = 1 - 0.01 / math.sqrt(1.0001)
+    exact = {"enc.w": torch.tensor([0.0, 1.0]), "head.w": torch.tensor([3.0, 4.0])}
+    assert GradientMatcher(exact, "layer_log_cosine", layers=["enc"])(near).item() == pytest.approx(math.log1p(d / 1e-4), rel=1e-5)
+
+
 def test_select_names_refuses_unknown_layer():
     assert select_names(A, ["enc"]) == ["enc.w"]
     with pytest.raises(SegauditError, match="'decoder' matches no tensor"):

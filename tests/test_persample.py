@@ -35,7 +35,8 @@ def frozen(arch):
 
 
 @pytest.mark.parametrize("arch", CASES)
-@pytest.mark.parametrize("objective,support", [("layer_cosine", False), ("cosine", False), ("layer_cosine", True)])
+@pytest.mark.parametrize("objective,support", [("layer_cosine", False), ("cosine", False), ("layer_cosine", True),
+                                               ("layer_log_cosine", False)])
 def test_grouped_losses_and_gradients_equal_one_restart_at_a_time(arch, objective, support):
     model, shape, names = frozen(arch)
     params = {n: p for n, p in model.named_parameters() if n in names}

@@ -18,6 +18,7 @@ from ..progress import progress
 from ..types import ClientUpdate, Prior, Reconstruction
 from .base import ATTACKS, Attack, RestartResult, best_restart, box_bounds, total_variation
 from .adaptive import Adaptation, adapt_to_defense
+from .curvature import relu_curvature
 from .objectives import GradientMatcher, simulate_update
 from .persample import GroupedMatcher, unsupported
 from .priors import BatchNormPrior
@@ -34,11 +35,14 @@ class MatchingLoss:
         matcher: the objective and the shared tensors to match.
         bn: weight of the BatchNorm-statistics prior (train-mode updates that reveal batch statistics).
         batched: allow the batched pass.
+        relu_curvature: temperature scale of the surrogate ReLU curvature the loss's gradient sees
+            (:func:`~segaudit.attacks.curvature.relu_curvature`; 0 = exact double backpropagation).
     """
 
     def __init__(self, model: nn.Module, update: ClientUpdate, matcher: GradientMatcher, bn: float = 0.0,
-                 batched: bool = True):
+                 batched: bool = True, relu_curvature: float = 0.0):
         self.model, self.matcher, self.meta = model, matcher, update.meta
+        self.relu_curvature = relu_curvature
         wanted = matcher.names if update.meta.mode == "fedsgd" else update.tensors  # FedAvg unrolls all weights
         self.params = {n: p.detach() for n, p in model.named_parameters() if n in wanted}
         self.buffers = {n: b.detach() for n, b in model.named_buffers()}
@@ -49,9 +53,10 @@ class MatchingLoss:
                         if self.sequential_because is None else None)
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.grouped is not None:
-            return self.grouped(images, targets)
-        return torch.stack([self._one(x, t) for x, t in zip(images, targets)])
+        with relu_curvature(self.relu_curvature):
+            if self.grouped is not None:
+                return self.grouped(images, targets)
+            return torch.stack([self._one(x, t) for x, t in zip(images, targets)])
 
     def _one(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss = self.matcher(simulate_update(self.model, self.params, self.buffers, images, targets, self.meta))
@@ -131,6 +136,9 @@ class InversionAttack(Attack):
         adaptive: read ``update.meta.defense`` and adapt the matching loss to the defense the client applied
             (see :func:`~segaudit.attacks.adaptive.adapt_to_defense`); ``False`` is the naive attacker.
         restart_batch: the most restarts optimised together in one batched pass (memory grows with it).
+        relu_curvature: let the loss's gradient see ReLU units switch, through a sigmoid surrogate of ReLU's
+            second derivative with temperature ``relu_curvature * std`` of each ReLU input (loss values stay
+            exact; :mod:`~segaudit.attacks.curvature`); 0 = plain double backpropagation, as in the papers.
         show_progress: a progress bar over steps.
         callback: ``callback(step, images)`` after every step (e.g. to plot progress), once per restart; it
             gets that restart's current images ``[N,C,H,W]`` only.
@@ -144,6 +152,7 @@ class InversionAttack(Attack):
     bn: float = 0.0
     adaptive: bool = True
     restart_batch: int = 8
+    relu_curvature: float = 0.0
     show_progress: bool = False
     callback: Callable[[int, torch.Tensor], None] | None = None
 
@@ -151,13 +160,17 @@ class InversionAttack(Attack):
         if self.steps < 1 or self.restarts < 1 or self.restart_batch < 1:
             raise SegauditError(f"an attack needs at least 1 step and 1 restart, got steps={self.steps}, "
                                 f"restarts={self.restarts}, restart_batch={self.restart_batch}")
+        if self.relu_curvature is not None and not 0 <= self.relu_curvature < math.inf:
+            raise SegauditError(f"relu_curvature must be a finite number >= 0, got {self.relu_curvature}")
 
     def _run(self, model: nn.Module, update: ClientUpdate, prior: Prior) -> Reconstruction:
         adaptation = adapt_to_defense(update) if self.adaptive else Adaptation()
-        matcher = GradientMatcher(update.tensors, self.objective, self.layers, weights=adaptation.weights,
+        objective, curvature = self._loss_settings(prior)
+        matcher = GradientMatcher(update.tensors, objective, self.layers, weights=adaptation.weights,
                                   support_only=adaptation.support_only)
-        loss = MatchingLoss(model, update, matcher, self.bn, batched=self._batchable())
+        loss = MatchingLoss(model, update, matcher, self.bn, batched=self._batchable(), relu_curvature=curvature)
         extras = {**self._analytic(model, update, prior), "adaptation": adaptation.summary(),
+                  "objective": objective, "relu_curvature": curvature,
                   "restarts_batched": loss.sequential_because or "yes"}
         size = self.restart_batch if loss.grouped is not None else 1
         results: list[RestartResult] = []
@@ -168,6 +181,10 @@ class InversionAttack(Attack):
         finally:
             loss.close()
         return best_restart(results, prior.task, extras)
+
+    def _loss_settings(self, prior: Prior) -> tuple[str, float]:
+        """The objective and surrogate ReLU curvature used for an update of ``prior.batch_size`` images."""
+        return self.objective, self.relu_curvature
 
     def _batchable(self) -> bool:
         """Whether restarts may share one batched pass (not for optimisers that couple them, e.g. L-BFGS)."""
@@ -301,8 +318,11 @@ class SegmentationInversion(InvertingGradients):
 
     What differs from :class:`InvertingGradients`, each measured to matter on smp U-Nets:
 
-    * the matching loss averages the cosine distance **per parameter tensor** (``layer_cosine``), so the
-      early encoder layers, which carry the image detail, weigh as much as the large decoder tensors;
+    * the matching loss averages the cosine distance **per parameter tensor** (``layer_cosine``), so every
+      tensor counts whatever its size; for one image, its log (``layer_log_cosine``), so every tensor counts
+      by its relative change, and the loss's gradient sees ReLU units switch
+      (:mod:`~segaudit.attacks.curvature`; exact double backpropagation cannot, and then raises the loss
+      again near the true image);
     * image and mask logits live on a coarse grid first (1/8, 1/4, 1/2, then full resolution, upsampled
       bilinearly to the client's size), which finds the large structures before the noise-prone detail;
     * the mask logits start from the class composition recovered analytically from the head's bias;
@@ -312,14 +332,24 @@ class SegmentationInversion(InvertingGradients):
       variance of every BatchNorm input are matched (GradInversion's prior, exact here).
 
     Args:
+        objective, relu_curvature: ``None`` = chosen by batch size, as measured best on the bundled data
+            (``bench/attack_quality.py``): ``layer_log_cosine`` with curvature 0.05 for one image,
+            ``layer_cosine`` with exact double backpropagation for batches (where both changes cost PSNR).
         stages: ``(downscale, end fraction of the steps, lr scale)`` per stage.
     """
 
     steps: int = 200
-    objective: str = "layer_cosine"
+    objective: str | None = None
+    relu_curvature: float | None = None
     tv: float = 1e-3
     bn: float = 1e-2
     stages: tuple[tuple[int, float, float], ...] = ((8, 0.15, 1.0), (4, 0.45, 1.0), (2, 0.75, 0.2), (1, 1.0, 0.1))
+
+    def _loss_settings(self, prior: Prior) -> tuple[str, float]:
+        single = prior.batch_size == 1
+        objective = self.objective or ("layer_log_cosine" if single else "layer_cosine")
+        curvature = self.relu_curvature if self.relu_curvature is not None else (0.05 if single else 0.0)
+        return objective, curvature
 
     def _stage_at(self, step: int) -> tuple[int, float]:
         """``(downscale, lr scale)`` of the stage that ``step`` falls in."""

@@ -47,6 +47,21 @@ def layer_cosine_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.
     return layer_cosine_from_stats(*tensor_stats(dummy, target), weights)
 
 
+#: ``eps`` of ``layer_log_cosine``: distances well below it count about linearly, above it logarithmically.
+LOG_EPS = 1e-4
+
+
+@OBJECTIVES.register("layer_log_cosine")
+def layer_log_cosine_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """Weighted mean over tensors of ``log(1 + d_l / eps)``, ``d_l = 1 - cos(g_l, g*_l)``, ``eps = 1e-4``.
+
+    Like ``layer_cosine``, but every tensor counts by its *relative* change: the late decoder tensors of a
+    U-Net, whose distances sit near 1e-4 and rank images by their large structures, weigh as much as the
+    early encoder tensors near 0.05, which a fine noise texture can match. 0 at a perfect match.
+    """
+    return layer_log_cosine_from_stats(*tensor_stats(dummy, target), weights)
+
+
 def tensor_stats(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor]):
     """Per tensor ``<g_l, g*_l>``, ``||g_l||^2`` and ``||g*_l||^2``: all the cosine objectives need."""
     return ([(d * t).sum() for d, t in zip(dummy, target)], [d.pow(2).sum() for d in dummy],
@@ -65,11 +80,23 @@ def cosine_from_stats(dots: Sequence[torch.Tensor], dummy_sq: Sequence[torch.Ten
 def layer_cosine_from_stats(dots: Sequence[torch.Tensor], dummy_sq: Sequence[torch.Tensor],
                             target_sq: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
     """:func:`layer_cosine_distance` from per-tensor statistics (scalars, or ``[R]`` for R restarts)."""
+    return _layer_mean(dots, dummy_sq, target_sq, weights, lambda d: d)
+
+
+def layer_log_cosine_from_stats(dots: Sequence[torch.Tensor], dummy_sq: Sequence[torch.Tensor],
+                                target_sq: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """:func:`layer_log_cosine_distance` from per-tensor statistics (scalars, or ``[R]`` for R restarts)."""
+    return _layer_mean(dots, dummy_sq, target_sq, weights, lambda d: torch.log1p(d.clamp_min(0) / LOG_EPS))
+
+
+
+def _layer_mean(dots, dummy_sq, target_sq, weights, transform) -> torch.Tensor:
+    """Weighted mean over tensors of ``transform(1 - cos_l)``, skipping tensors whose target is all zero."""
     total, weight = 0.0, 0.0
     for dot, nd, nt, w in zip(dots, dummy_sq, target_sq, weights):
         if nt == 0:
             continue
-        total = total + w * (1 - dot / (nd * nt).sqrt().clamp_min(1e-30))
+        total = total + w * transform(1 - dot / (nd * nt).sqrt().clamp_min(1e-30))
         weight += w
     if weight == 0:
         raise SegauditError("every selected tensor of the update is zero; nothing to match")
@@ -77,7 +104,8 @@ def layer_cosine_from_stats(dots: Sequence[torch.Tensor], dummy_sq: Sequence[tor
 
 
 #: Objectives computable from per-tensor inner products and norms (what batched restarts compute).
-FROM_STATS = {"cosine": cosine_from_stats, "layer_cosine": layer_cosine_from_stats}
+FROM_STATS = {"cosine": cosine_from_stats, "layer_cosine": layer_cosine_from_stats,
+              "layer_log_cosine": layer_log_cosine_from_stats}
 
 
 class GradientMatcher:

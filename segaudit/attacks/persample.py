@@ -15,7 +15,7 @@ computed without materialising ``g`` ("ghost" inner products and norms, as in gh
 Everything is differentiable, so the attack backpropagates its R losses to the R dummy batches at once.
 
 Exact for FedSGD clients in eval mode (the samples of a batch do not interact) whose matched tensors belong
-to Conv2d, Linear, GroupNorm and eval-mode BatchNorm2d layers, matched with ``cosine`` or ``layer_cosine``: every smp
+to Conv2d, Linear, GroupNorm and eval-mode BatchNorm2d layers, matched with an objective of ``FROM_STATS``: every smp
 architecture on a ResNet-style encoder. :func:`unsupported` says why a case falls outside; attacks then run
 their restarts one by one.
 """
@@ -58,7 +58,7 @@ class GroupedMatcher:
         model: the attacker's copy of the global model (put in eval mode; its parameters are not used).
         params: parameter name -> value at the start of the round.
         buffers: buffer name -> value.
-        matcher: the objective and the shared tensors (``cosine`` or ``layer_cosine``).
+        matcher: the objective (one of ``FROM_STATS``) and the shared tensors.
         meta: the shared update's metadata; :func:`unsupported` must return ``None`` for this case.
 
     Example:
