@@ -136,7 +136,8 @@ def test_seg_known_answer_unet_eval_mode():
     """The segmentation attack rebuilds a held-out nuclei crop and its mask from an untrained U-Net's
     FedSGD gradient (client in eval mode). These crops are dim: a flat image at the true mean already
     scores 23 dB PSNR / 0.43 SSIM here, so the test asks for what a flat image cannot give — a reconstruction
-    correlated with the truth and a mask that overlaps the nuclei."""
+    correlated with the truth and a mask that overlaps the nuclei. The single-image loss is measured at
+    26.5 dB / mask Dice 0.944 here (24.5 dB / 0.856 with ``layer_cosine``)."""
     from segaudit.attacks.runner import attack_batch
     from segaudit.data import split
 
@@ -146,7 +147,9 @@ def test_seg_known_answer_unet_eval_mode():
     model = build_model("unet", in_channels=1, classes=2)
     out = attack_batch(model, batch, "seg", train_mode=False, steps=200, seed=0)
     corr = torch.corrcoef(torch.stack([out.reconstruction.images.flatten(), batch.images.flatten()]))[0, 1]
-    assert corr > 0.5 and out.metrics["psnr"] > 21 and out.metrics["mask_dice"] > 0.75
+    assert out.reconstruction.extras["objective"] == "layer_log_cosine"
+    assert out.reconstruction.extras["relu_curvature"] == 0.05
+    assert corr > 0.5 and out.metrics["psnr"] > 25.5 and out.metrics["mask_dice"] > 0.9
 
 
 @pytest.mark.parametrize("kw", [dict(mode="fedavg", local_steps=2, lr=0.01), dict(train_mode=True)])

@@ -10,7 +10,7 @@ from segaudit.attacks.inversion import MatchingLoss
 from segaudit.attacks.objectives import GradientMatcher
 from segaudit.fl import client_update
 from segaudit.models import build_model
-from segaudit.types import Batch
+from segaudit.types import Batch, Prior
 
 RELUS = {
     "F.relu": lambda z: F.relu(z),
@@ -72,3 +72,13 @@ def test_matching_loss_values_stay_exact_and_only_its_gradient_changes():
 def test_negative_curvature_is_refused():
     with pytest.raises(SegauditError, match="relu_curvature must be a finite number >= 0, got -1"):
         ATTACKS.create("seg", relu_curvature=-1)
+
+
+@pytest.mark.parametrize("batch_size,steps,expected", [(1, 200, ("layer_log_cosine", 0.05)),
+                                                       (1, 100, ("layer_cosine", 0.0)),
+                                                       (4, 500, ("layer_cosine", 0.0))])
+def test_seg_picks_its_loss_by_batch_size_and_budget(batch_size, steps, expected):
+    batch = Batch(torch.zeros(batch_size, 1, 8, 8), torch.zeros(batch_size, 8, 8, dtype=torch.long), ("a", "b"))
+    assert ATTACKS.create("seg", steps=steps)._loss_settings(Prior.from_batch_shape(batch)) == expected
+    chosen = ATTACKS.create("seg", steps=steps, objective="cosine", relu_curvature=0.1)
+    assert chosen._loss_settings(Prior.from_batch_shape(batch)) == ("cosine", 0.1)  # explicit choices win

@@ -319,8 +319,8 @@ class SegmentationInversion(InvertingGradients):
     What differs from :class:`InvertingGradients`, each measured to matter on smp U-Nets:
 
     * the matching loss averages the cosine distance **per parameter tensor** (``layer_cosine``), so every
-      tensor counts whatever its size; for one image, its log (``layer_log_cosine``), so every tensor counts
-      by its relative change, and the loss's gradient sees ReLU units switch
+      tensor counts whatever its size; for one image and at least 200 steps, its log (``layer_log_cosine``),
+      so every tensor counts by its relative change, and the loss's gradient sees ReLU units switch
       (:mod:`~segaudit.attacks.curvature`; exact double backpropagation cannot, and then raises the loss
       again near the true image);
     * image and mask logits live on a coarse grid first (1/8, 1/4, 1/2, then full resolution, upsampled
@@ -332,9 +332,10 @@ class SegmentationInversion(InvertingGradients):
       variance of every BatchNorm input are matched (GradInversion's prior, exact here).
 
     Args:
-        objective, relu_curvature: ``None`` = chosen by batch size, as measured best on the bundled data
-            (``bench/attack_quality.py``): ``layer_log_cosine`` with curvature 0.05 for one image,
-            ``layer_cosine`` with exact double backpropagation for batches (where both changes cost PSNR).
+        objective, relu_curvature: ``None`` = chosen by batch size and budget, as measured best on the
+            bundled data (``bench/attack_quality.py``): ``layer_log_cosine`` with curvature 0.05 for one
+            image and at least 200 steps; else ``layer_cosine`` with exact double backpropagation (with
+            batches, or within 60-100 steps, the single-image loss cost PSNR).
         stages: ``(downscale, end fraction of the steps, lr scale)`` per stage.
     """
 
@@ -346,7 +347,7 @@ class SegmentationInversion(InvertingGradients):
     stages: tuple[tuple[int, float, float], ...] = ((8, 0.15, 1.0), (4, 0.45, 1.0), (2, 0.75, 0.2), (1, 1.0, 0.1))
 
     def _loss_settings(self, prior: Prior) -> tuple[str, float]:
-        single = prior.batch_size == 1
+        single = prior.batch_size == 1 and self.steps >= 200
         objective = self.objective or ("layer_log_cosine" if single else "layer_cosine")
         curvature = self.relu_curvature if self.relu_curvature is not None else (0.05 if single else 0.0)
         return objective, curvature
