@@ -40,9 +40,13 @@ def plain_step_seconds(model, x, target_grads, steps):
     return (time.perf_counter() - start) / steps
 
 
+def default_loss(prior):
+    """The objective and ReLU curvature a default (200-step) `seg` run uses, whatever the few steps timed here."""
+    return ATTACKS.create("seg")._loss_settings(prior)
+
+
 def attack_seconds(model, update, prior, steps, restarts, restart_batch=8):
-    # the loss a default (200-step) run uses for this batch size, whatever the few steps timed here
-    objective, curvature = ATTACKS.create("seg")._loss_settings(prior)
+    objective, curvature = default_loss(prior)
     attack = ATTACKS.create("seg", steps=steps, restarts=restarts, restart_batch=restart_batch,
                             objective=objective, relu_curvature=curvature)
     attack.run(model, update, prior)  # warm-up
@@ -68,7 +72,7 @@ if __name__ == "__main__":
     eight = attack_seconds(model, update, prior, args.steps, 8)
     eight_one_by_one = attack_seconds(model, update, prior, args.steps, 8, restart_batch=1)
     print(f"Unet-resnet18, {args.size} px, batch 1, {'train' if args.train_mode else 'eval'} mode, "
-          f"{torch.get_num_threads()} threads, seg loss {ATTACKS.create('seg')._loss_settings(prior)}")
+          f"{torch.get_num_threads()} threads, seg loss {default_loss(prior)}")
     print(f"plain torch fwd + double bwd : {base:.3f} s/step")
     print(f"seg attack step              : {one / args.steps:.3f} s/step  overhead {one / args.steps / base:.2f}x (target <= 1.15)")
     print(f"8 restarts / 1 restart       : {eight / one:.2f}x batched (target <= 3), "

@@ -89,7 +89,6 @@ def layer_log_cosine_from_stats(dots: Sequence[torch.Tensor], dummy_sq: Sequence
     return _layer_mean(dots, dummy_sq, target_sq, weights, lambda d: torch.log1p(d.clamp_min(0) / LOG_EPS))
 
 
-
 def _layer_mean(dots, dummy_sq, target_sq, weights, transform) -> torch.Tensor:
     """Weighted mean over tensors of ``transform(1 - cos_l)``, skipping tensors whose target is all zero."""
     total, weight = 0.0, 0.0
