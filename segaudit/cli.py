@@ -621,17 +621,11 @@ _INPUTS = ("data", "model", "image", "mask", "update", "config", "results")
 
 def _protect_inputs(args) -> None:
     """``--force`` replaces ``--out``: refuse when that would delete one of this run's own inputs."""
-    from pathlib import Path
+    from .io import check_replaceable
 
     out = getattr(args, "out", None)
-    if not out or not getattr(args, "force", False):
-        return
-    target = Path(out).resolve()
-    for key in _INPUTS:
-        value = getattr(args, key, None)
-        if isinstance(value, str) and Path(value).exists() and Path(value).resolve().is_relative_to(target):
-            raise SegauditError(f"--out {out} holds this run's {key} {value}; --force would delete it; "
-                                "choose another --out")
+    if out and getattr(args, "force", False):
+        check_replaceable(out, {key: getattr(args, key) for key in _INPUTS if isinstance(getattr(args, key, None), str)})
 
 
 def main(argv: list[str] | None = None) -> int:

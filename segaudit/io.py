@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Iterator
 
 from .errors import SegauditError
@@ -64,8 +65,9 @@ def check_out_dir(path: str | os.PathLike, force: bool = False) -> Path:
     return path
 
 
-def check_replaceable(path: str | os.PathLike) -> Path:
-    """Refuse to replace (delete) the filesystem root, the home folder, the working folder or a folder above them."""
+def check_replaceable(path: str | os.PathLike, keep: Mapping[str, str | os.PathLike] | None = None) -> Path:
+    """Refuse to replace (delete) the filesystem root, the home folder, the working folder, a folder above them,
+    or a folder holding one of ``keep`` (what it is -> an existing path the run still needs, e.g. its data)."""
     target = Path(path).resolve()
     kept = [Path.cwd()]
     try:
@@ -75,6 +77,10 @@ def check_replaceable(path: str | os.PathLike) -> Path:
     if target == Path(target.anchor) or any(p.resolve().is_relative_to(target) for p in kept):
         raise SegauditError(f"refusing to replace {os.fspath(path)!r}: it is or holds the working or home folder; "
                             "give --out a new sub-folder")
+    for what, needed in (keep or {}).items():
+        if Path(needed).exists() and Path(needed).resolve().is_relative_to(target):
+            raise SegauditError(f"--out {os.fspath(path)} holds this run's {what} {os.fspath(needed)}; --force would "
+                                "delete it; choose another --out")
     return Path(path)
 
 
