@@ -137,11 +137,9 @@ def _stats(module: nn.Module, kind: str, a: torch.Tensor, delta: torch.Tensor, r
         return _dense_stats(grad, target, support)
     if isinstance(module, nn.GroupNorm):  # per sample: y = x_hat * w + b
         x_hat = F.group_norm(a, module.num_groups, eps=module.eps) if kind == "weight" else 1
-        grad = (delta * x_hat).unflatten(0, (r, -1)).transpose(1, 2).flatten(2).sum(-1)
-        return _dense_stats(grad, target, support)
+        return _dense_stats(_channel_sums(delta * x_hat, r), target, support)
     if kind == "bias":
-        grad = (delta.reshape(r, -1, delta.shape[-1]).sum(1) if isinstance(module, nn.Linear) else
-                delta.unflatten(0, (r, -1)).transpose(1, 2).flatten(2).sum(-1))
+        grad = delta.reshape(r, -1, delta.shape[-1]).sum(1) if isinstance(module, nn.Linear) else _channel_sums(delta, r)
         return _dense_stats(grad, target, support)
     groups = getattr(module, "groups", 1)
     o, k = target.shape[0] // groups, target[0].numel()
@@ -153,6 +151,11 @@ def _stats(module: nn.Module, kind: str, a: torch.Tensor, delta: torch.Tensor, r
     dot = (t_cols.unflatten(2, (r, m)).permute(2, 0, 1, 3) * d).sum((1, 2, 3))
     sq = ((d.transpose(-1, -2) @ d) * (cols.transpose(-1, -2) @ cols)).sum((1, 2, 3))
     return dot, sq
+
+
+def _channel_sums(t: torch.Tensor, r: int) -> torch.Tensor:
+    """``[R*N, C, ...] -> [R, C]``: each restart's sum over its samples and positions."""
+    return t.unflatten(0, (r, -1)).transpose(1, 2).flatten(2).sum(-1)
 
 
 def _dense_stats(grad: torch.Tensor, target: torch.Tensor, support: torch.Tensor | None):
