@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import SegauditError
 from ..progress import progress
 from ..types import ClientUpdate, Prior, Reconstruction
-from .base import ATTACKS, Attack, RestartResult, best_restart, box_bounds, total_variation
+from .base import ATTACKS, COMBINE, Attack, RestartResult, box_bounds, total_variation
 from .adaptive import Adaptation, adapt_to_defense
 from .curvature import relu_curvature
 from .objectives import GradientMatcher, simulate_update
@@ -136,6 +136,8 @@ class InversionAttack(Attack):
         adaptive: read ``update.meta.defense`` and adapt the matching loss to the defense the client applied
             (see :func:`~segaudit.attacks.adaptive.adapt_to_defense`); ``False`` is the naive attacker.
         restart_batch: the most restarts optimised together in one batched pass (memory grows with it).
+        combine: how the restarts make the result: ``"best"``, the restart with the lowest matching loss (as in
+            the papers), or ``"median"``, their pixel-wise median (:func:`~segaudit.attacks.base.median_restart`).
         relu_curvature: let the loss's gradient see ReLU units switch, through a sigmoid surrogate of ReLU's
             second derivative with temperature ``relu_curvature * std`` of each ReLU input (loss values stay
             exact; :mod:`~segaudit.attacks.curvature`); 0 = plain double backpropagation, as in the papers.
@@ -152,6 +154,7 @@ class InversionAttack(Attack):
     bn: float = 0.0
     adaptive: bool = True
     restart_batch: int = 8
+    combine: str = "best"
     relu_curvature: float = 0.0
     show_progress: bool = False
     callback: Callable[[int, torch.Tensor], None] | None = None
@@ -162,6 +165,8 @@ class InversionAttack(Attack):
                                 f"restarts={self.restarts}, restart_batch={self.restart_batch}")
         if self.relu_curvature is not None and not 0 <= self.relu_curvature < math.inf:
             raise SegauditError(f"relu_curvature must be a finite number >= 0, got {self.relu_curvature}")
+        if self.combine not in COMBINE:
+            raise SegauditError(f"unknown combine {self.combine!r}; use one of {', '.join(COMBINE)}")
 
     def _run(self, model: nn.Module, update: ClientUpdate, prior: Prior) -> Reconstruction:
         adaptation = adapt_to_defense(update) if self.adaptive else Adaptation()
@@ -170,7 +175,7 @@ class InversionAttack(Attack):
                                   support_only=adaptation.support_only)
         loss = MatchingLoss(model, update, matcher, self.bn, batched=self._batchable(), relu_curvature=curvature)
         extras = {**self._analytic(model, update, prior), "adaptation": adaptation.summary(),
-                  "objective": objective, "relu_curvature": curvature,
+                  "objective": objective, "relu_curvature": curvature, "combine": self.combine,
                   "restarts_batched": loss.sequential_because or "yes"}
         size = self.restart_batch if loss.grouped is not None else 1
         results: list[RestartResult] = []
@@ -180,7 +185,7 @@ class InversionAttack(Attack):
                 results += self._restarts(loss, prior, [torch.Generator().manual_seed(s) for s in seeds], extras)
         finally:
             loss.close()
-        return best_restart(results, prior.task, extras)
+        return COMBINE[self.combine](results, prior.task, extras)
 
     def _loss_settings(self, prior: Prior) -> tuple[str, float]:
         """The objective and surrogate ReLU curvature used for an update of ``prior.batch_size`` images."""
@@ -328,6 +333,8 @@ class SegmentationInversion(InvertingGradients):
     * the mask logits start from the class composition recovered analytically from the head's bias;
     * signed Adam with a cosine learning-rate decay, scaled down in the fine stages; the iterate with the
       lowest matching loss is kept;
+    * with several restarts, the result is their pixel-wise median (``combine="median"``), not the restart
+      with the lowest matching loss: their errors partly cancel;
     * when the client shares BatchNorm buffers after a train-mode FedSGD step, the batch mean and
       variance of every BatchNorm input are matched (GradInversion's prior, exact here).
 
@@ -340,6 +347,7 @@ class SegmentationInversion(InvertingGradients):
     """
 
     steps: int = 200
+    combine: str = "median"
     objective: str | None = None
     relu_curvature: float | None = None
     tv: float = 1e-3
