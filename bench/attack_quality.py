@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--modes", default="fedsgd,fedavg")
     ap.add_argument("--states", default="untrained,trained")
     ap.add_argument("--client-mode", choices=("eval", "train"), default="eval")
-    ap.add_argument("--restarts", type=int, default=1, help="restarts, optimised together (best by matching loss)")
+    ap.add_argument("--restarts", type=int, default=1, help="restarts, optimised together; the result is their pixel-wise median")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     data = load_dataset("nuclei")

@@ -167,3 +167,27 @@ def test_composition_uses_public_images_when_the_attacker_has_them(seg_case):
     with_public = estimate_composition(model, update, Prior.from_batch_shape(batch, public_images=public))
     explicit = estimate_composition(model, update, prior, reference=public)
     assert torch.equal(with_public, explicit) and not torch.equal(with_public, estimate_composition(model, update, prior))
+
+
+def test_median_restart_aligns_each_batch_and_skips_failed_restarts():
+    from segaudit.attacks.base import RestartResult, median_restart
+
+    torch.manual_seed(0)
+    images = torch.randn(3, 1, 4, 4)
+    probs = torch.rand(3, 2, 4, 4).softmax(1)
+    perm = torch.tensor([2, 0, 1])  # a restart's batch comes back in any order
+    restarts = [RestartResult(images + 0.1, probs, [1.0]),
+                RestartResult(images[perm] - 0.1, probs[perm], [2.0]),
+                RestartResult(images[perm], probs[perm], [3.0]),
+                RestartResult(torch.full_like(images, 9.0), probs, [float("nan")], "abandoned: nan")]
+    rec = median_restart(restarts, "segmentation")
+    torch.testing.assert_close(rec.images, images)  # median of +0.1, -0.1 and 0 per pixel
+    assert torch.equal(rec.masks, probs.argmax(1)) and rec.history == [1.0]
+    assert rec.restart_losses[:3] == [1.0, 2.0, 3.0]
+    alone = median_restart([restarts[1], restarts[3]], "segmentation")
+    assert torch.equal(alone.images, images[perm] - 0.1)  # one finished restart: itself
+
+
+def test_refuses_unknown_combine():
+    with pytest.raises(SegauditError, match="unknown combine 'mean'; use one of best, median"):
+        ATTACKS.create("seg", combine="mean")
