@@ -4,7 +4,8 @@
   per layer, backpropagate to the image and mask) / the bare minimum — a plain-torch forward + double
   backward of the same model at the same size (target <= 1.15);
 * restarts: time(R=8 restarts) / time(R=1) for the attack as implemented, the 8 restarts optimised together
-  in one batched pass (target <= 3), and the same 8 restarts run one after another (``restart_batch=1``).
+  in one batched pass (target <= 3), and the same 8 restarts run one after another (``restart_batch=1``);
+  for scale, what batching buys plain torch on this machine: a forward + backward of 8 images / of 1.
 
 Run: .venv/bin/python bench/attack_speed.py [--size 64] [--steps 10]
 """
@@ -40,6 +41,19 @@ def plain_step_seconds(model, x, target_grads, steps):
     return (time.perf_counter() - start) / steps
 
 
+def batching_ratio(model, size, steps):
+    """time(forward + backward of 8 images) / time(of 1 image) in plain torch: what batching alone buys."""
+    seconds = []
+    for n in (1, 8):
+        x = torch.randn(n, 1, size, size, requires_grad=True)
+        model(x).square().mean().backward()  # warm-up
+        start = time.perf_counter()
+        for _ in range(steps):
+            model(x).square().mean().backward()
+        seconds.append(time.perf_counter() - start)
+    return seconds[1] / seconds[0]
+
+
 def default_loss(prior):
     """The objective and ReLU curvature a default (200-step) `seg` run uses, whatever the few steps timed here."""
     return ATTACKS.create("seg")._loss_settings(prior)
@@ -71,9 +85,11 @@ if __name__ == "__main__":
     one = attack_seconds(model, update, prior, args.steps, 1)
     eight = attack_seconds(model, update, prior, args.steps, 8)
     eight_one_by_one = attack_seconds(model, update, prior, args.steps, 8, restart_batch=1)
+    plain_batching = batching_ratio(model, args.size, args.steps)
     print(f"Unet-resnet18, {args.size} px, batch 1, {'train' if args.train_mode else 'eval'} mode, "
           f"{torch.get_num_threads()} threads, seg loss {default_loss(prior)}")
     print(f"plain torch fwd + double bwd : {base:.3f} s/step")
     print(f"seg attack step              : {one / args.steps:.3f} s/step  overhead {one / args.steps / base:.2f}x (target <= 1.15)")
     print(f"8 restarts / 1 restart       : {eight / one:.2f}x batched (target <= 3), "
           f"{eight_one_by_one / one:.2f}x one after another")
+    print(f"plain torch fwd + bwd, 8 / 1 : {plain_batching:.2f}x (what batching alone buys on this machine)")
