@@ -97,8 +97,7 @@ def median_restart(restarts: list[RestartResult], task: str, extras: dict | None
     done = [r for r in restarts if math.isfinite(r.loss)]
     if len(done) < 2:
         return rec
-    ref = rec.images
-    order = [torch.as_tensor(match_order(r.images, ref)) for r in done]
+    order = [torch.as_tensor(match_order(r.images, rec.images)) for r in done]
     rec.images = torch.stack([r.images[o] for r, o in zip(done, order)]).quantile(0.5, dim=0)
     hard = torch.stack([r.targets[o] for r, o in zip(done, order)]).quantile(0.5, dim=0).argmax(1)
     if task == "segmentation":
