@@ -56,7 +56,7 @@ def batching_ratio(model, size, steps):
 
 def default_loss(prior):
     """The objective and ReLU curvature a default (200-step) `seg` run uses, whatever the few steps timed here."""
-    return ATTACKS.create("seg")._loss_settings(prior)
+    return ATTACKS.create("seg").loss_settings(prior)
 
 
 def attack_seconds(model, update, prior, steps, restarts, restart_batch=8):

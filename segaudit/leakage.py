@@ -315,13 +315,14 @@ def attack_with_layers(model: nn.Module, update: ClientUpdate, prior: Prior, lay
     net = copy.deepcopy(model)
     for p in net.parameters():
         p.requires_grad_(False)
-    matcher = GradientMatcher(update.tensors, attacker.objective, list(layers))
+    objective, curvature = attacker.loss_settings(prior)
+    matcher = GradientMatcher(update.tensors, objective, list(layers))
     head_bias = _head_bias(net)
     if head_bias in matcher.names:
         extras = recover_labels_or_composition(net, update, prior)
     else:
         extras = {"composition": torch.full((prior.num_classes,), 1.0 / prior.num_classes)}
-    loss = MatchingLoss(net, update, matcher, relu_curvature=attacker.relu_curvature)
+    loss = MatchingLoss(net, update, matcher, relu_curvature=curvature)
     [result] = attacker._restarts(loss, prior, [torch.Generator().manual_seed(seed)], extras)
     return best_restart([result], prior.task, extras)
 

@@ -79,6 +79,6 @@ def test_negative_curvature_is_refused():
                                                        (4, 500, ("layer_cosine", 0.0))])
 def test_seg_picks_its_loss_by_batch_size_and_budget(batch_size, steps, expected):
     batch = Batch(torch.zeros(batch_size, 1, 8, 8), torch.zeros(batch_size, 8, 8, dtype=torch.long), ("a", "b"))
-    assert ATTACKS.create("seg", steps=steps)._loss_settings(Prior.from_batch_shape(batch)) == expected
+    assert ATTACKS.create("seg", steps=steps).loss_settings(Prior.from_batch_shape(batch)) == expected
     chosen = ATTACKS.create("seg", steps=steps, objective="cosine", relu_curvature=0.1)
-    assert chosen._loss_settings(Prior.from_batch_shape(batch)) == ("cosine", 0.1)  # explicit choices win
+    assert chosen.loss_settings(Prior.from_batch_shape(batch)) == ("cosine", 0.1)  # explicit choices win

@@ -170,7 +170,7 @@ class InversionAttack(Attack):
 
     def _run(self, model: nn.Module, update: ClientUpdate, prior: Prior) -> Reconstruction:
         adaptation = adapt_to_defense(update) if self.adaptive else Adaptation()
-        objective, curvature = self._loss_settings(prior)
+        objective, curvature = self.loss_settings(prior)
         matcher = GradientMatcher(update.tensors, objective, self.layers, weights=adaptation.weights,
                                   support_only=adaptation.support_only)
         loss = MatchingLoss(model, update, matcher, self.bn, batched=self._batchable(), relu_curvature=curvature)
@@ -187,7 +187,7 @@ class InversionAttack(Attack):
             loss.close()
         return COMBINE[self.combine](results, prior.task, extras)
 
-    def _loss_settings(self, prior: Prior) -> tuple[str, float]:
+    def loss_settings(self, prior: Prior) -> tuple[str, float]:
         """The objective and surrogate ReLU curvature used for an update of ``prior.batch_size`` images."""
         return self.objective, self.relu_curvature
 
@@ -354,7 +354,7 @@ class SegmentationInversion(InvertingGradients):
     bn: float = 1e-2
     stages: tuple[tuple[int, float, float], ...] = ((8, 0.15, 1.0), (4, 0.45, 1.0), (2, 0.75, 0.2), (1, 1.0, 0.1))
 
-    def _loss_settings(self, prior: Prior) -> tuple[str, float]:
+    def loss_settings(self, prior: Prior) -> tuple[str, float]:
         single = prior.batch_size == 1 and self.steps >= 200
         objective = self.objective or ("layer_log_cosine" if single else "layer_cosine")
         curvature = self.relu_curvature if self.relu_curvature is not None else (0.05 if single else 0.0)
