@@ -34,24 +34,26 @@ def plain_step_seconds(model, x, target_grads, steps):
         match = sum(1 - F.cosine_similarity(g.flatten(), t.flatten(), dim=0) for g, t in zip(grads, target_grads))
         match.backward()
 
-    step()
+    return seconds_per_call(step, steps)
+
+
+def seconds_per_call(fn, calls):
+    """Mean seconds of ``fn()`` over ``calls`` calls, after one warm-up call."""
+    fn()
     start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
 
 
 def batching_ratio(model, size, steps):
     """time(forward + backward of 8 images) / time(of 1 image) in plain torch: what batching alone buys."""
-    seconds = []
-    for n in (1, 8):
+    def fwd_bwd(n):
         x = torch.randn(n, 1, size, size, requires_grad=True)
-        model(x).square().mean().backward()  # warm-up
-        start = time.perf_counter()
-        for _ in range(steps):
-            model(x).square().mean().backward()
-        seconds.append(time.perf_counter() - start)
-    return seconds[1] / seconds[0]
+        return seconds_per_call(lambda: model(x).square().mean().backward(), steps)
+
+    one = fwd_bwd(1)
+    return fwd_bwd(8) / one
 
 
 def default_loss(prior):
@@ -63,10 +65,7 @@ def attack_seconds(model, update, prior, steps, restarts, restart_batch=8):
     objective, curvature = default_loss(prior)
     attack = ATTACKS.create("seg", steps=steps, restarts=restarts, restart_batch=restart_batch,
                             objective=objective, relu_curvature=curvature)
-    attack.run(model, update, prior)  # warm-up
-    start = time.perf_counter()
-    attack.run(model, update, prior)
-    return time.perf_counter() - start
+    return seconds_per_call(lambda: attack.run(model, update, prior), 1)
 
 
 if __name__ == "__main__":
