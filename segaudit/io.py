@@ -5,9 +5,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any, Iterator
 
 from .errors import SegauditError
