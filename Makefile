@@ -1,5 +1,8 @@
-# Two commands: `make demo` (main job on the bundled data) and `make test`.
-# Both create .venv when it is missing and install segaudit into it.
+# Commands: `make demo` (main job on the bundled data), `make test`, and `make install` (only create .venv and
+# install segaudit into it; demo and test do that first when needed).
+# The install also writes segaudit-torchvision.pth into the venv's site-packages (python -m segaudit._import_hook):
+# it makes `import torchvision` / `import segmentation_models_pytorch` work in any script run with the venv's
+# python, without importing segaudit first (pip cannot place such a file for an editable install).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,16 +11,19 @@ TORCH_SPEC ?= torch==2.13.0 torchvision==0.28.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench clean-venv
+.PHONY: install demo test bench clean-venv
 
-$(BIN)/.segaudit-installed: pyproject.toml
+$(BIN)/.segaudit-installed: pyproject.toml segaudit/_import_hook.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 	$(BIN)/pip install -q -e '.[dev]'
 	@if ! command -v nvidia-smi >/dev/null 2>&1 && $(BIN)/pip list 2>/dev/null | grep -qiE '^(nvidia-|triton)'; then \
 	  echo "error: CUDA packages were installed on a machine without a GPU; rerun with TORCH_INDEX=https://download.pytorch.org/whl/cpu after 'make clean-venv'" >&2; exit 1; fi
+	$(BIN)/python -m segaudit._import_hook
 	@touch $@
+
+install: $(BIN)/.segaudit-installed
 
 demo: $(BIN)/.segaudit-installed
 	$(BIN)/segaudit demo --out reports/demo --force

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,19 +14,62 @@ from typing import Any, Iterator
 from .errors import SegauditError
 
 
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _fresh(folder: Path, prefix: str, suffix: str, create) -> Path:
+    """Create a new, uniquely named entry in ``folder`` with ``create(path)`` and return its path.
+
+    Unlike ``tempfile.mkstemp``/``mkdtemp`` (always 0600/0700), ``create`` passes 0o666/0o777 so the entry
+    gets the mode the umask (and any default ACL) gives, as for any other file the user writes: these
+    temporary entries are renamed into place as the outputs themselves.
+    """
+    for _ in range(100):
+        candidate = folder / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            create(candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"could not create a temporary name in {folder}")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The file ends with the mode the umask gives (e.g. 0644), even if the writer made it private (safetensors
+    writes 0600).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _fresh(path.parent, f".{path.name}.", ".tmp", lambda p: os.close(os.open(p, _NEW_FILE, 0o666)))
     try:
+        mode = stat.S_IMODE(tmp_path.stat().st_mode)  # 0o666 less the umask
         yield tmp_path
+        _set_mode(tmp_path, mode)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _set_mode(path: Path, mode: int) -> None:
+    """Give the file or folder ``path`` the permission bits ``mode`` (files keep any execute bits ``mode``
+    allows); links are left alone."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return
+    want = mode if stat.S_ISDIR(st.st_mode) else (0o666 | (st.st_mode & 0o111)) & mode
+    if stat.S_IMODE(st.st_mode) != want:
+        os.chmod(path, want)
+
+
+def _set_modes(folder: Path, mode: int) -> None:
+    """:func:`_set_mode` on ``folder`` and everything in it (links not followed)."""
+    _set_mode(folder, mode)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            _set_mode(Path(root) / name, mode)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -109,13 +153,16 @@ def atomic_dir(path: str | os.PathLike, merge: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds.
 
     With ``merge``, an existing ``path`` is kept and each file made in the block is renamed into it
-    (other files stay); a new ``path`` still appears whole.
+    (other files stay); a new ``path`` still appears whole. What the block made gets the modes the umask
+    gives (e.g. 0755 folders, 0644 files), even where a writer made it private.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = _fresh(path.parent, f".{path.name}.", "", lambda p: os.mkdir(p, 0o777))
     try:
+        mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o777 less the umask
         yield tmp
+        _set_modes(tmp, mode)
         if merge and path.is_dir():
             for item in tmp.iterdir():
                 os.replace(item, path / item.name)
