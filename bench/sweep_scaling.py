@@ -3,8 +3,9 @@ local Ray instance, Ray's overhead per cell over the local pool, and the cost of
 figure a 1,000-cell audit on N machines is extrapolated from (README, "Sweeps on Ray").
 
 The grid: one trained U-Net-resnet18 (trained once, outside the timings), ``--cells`` attack cells
-(seeds x 1 image, batch 1, FedSGD, ``--steps`` inversion steps at ``--size`` px). Every run resumes a copy of
-the trained folder, so only the attack cells are timed; wall time includes starting the pool or Ray.
+(seeds x 1 image, batch 1, FedSGD, ``--steps`` inversion steps at ``--size`` px). Every run audits the saved
+checkpoint into a fresh folder, so only its evaluation (seconds) and the attack cells are timed; wall time
+includes starting the pool or Ray.
 
 Run: .venv/bin/python bench/sweep_scaling.py [--cells 8] [--size 64] [--steps 30] [--json out.json]
 """
@@ -21,20 +22,22 @@ import torch
 
 from segaudit import audit, sweep
 from segaudit.config import AuditConfig, ModelConfig
+from segaudit.data import load_dataset
+from segaudit.models import build_model, save_model
+from segaudit.train import train_model
 
 
-def config(args, cells: int | None = None) -> AuditConfig:
-    return AuditConfig(name="scaling", size=args.size, models=(ModelConfig("unet", train_steps=args.train_steps),),
-                       attack_steps=args.steps, batch_sizes=(1,), seeds=tuple(range(cells or args.cells)), images=1,
+def config(args, model: Path) -> AuditConfig:
+    return AuditConfig(name="scaling", size=args.size, models=(ModelConfig("unet", checkpoint=str(model)),),
+                       attack_steps=args.steps, batch_sizes=(1,), seeds=tuple(range(args.cells)), images=1,
                        defenses=("none",), inference=(), layers=False)
 
 
-def timed(args, base: Path, name: str, make) -> dict:
-    out = base.parent / name
-    shutil.copytree(base, out)
+def timed(args, model: Path, name: str, make) -> dict:
+    out = model.parent / name
     with make() as ex:
         start = time.perf_counter()
-        audit.run(config(args), out, progress=False, executor=ex)
+        audit.run(config(args, model), out, progress=False, executor=ex)
         wall = time.perf_counter() - start
     db = sqlite3.connect(out / "results.sqlite")
     cell_s = [s for (s,) in db.execute("SELECT seconds FROM runs WHERE kind = 'attack'")]
@@ -57,12 +60,11 @@ def main() -> None:
     cores = os.cpu_count() or 1
     root = Path(tempfile.mkdtemp(prefix="segaudit-scaling-"))
     try:
-        base = root / "trained"
-        audit.run(config(args, cells=1), base, progress=False)  # trains the model (same key: seeds are not in it)
-        db = sqlite3.connect(base / "results.sqlite")
-        db.execute("DELETE FROM runs WHERE kind != 'train'")
-        db.commit()
-        db.close()
+        base = root / "model"  # trained once; every executor audits this checkpoint into its own folder
+        torch.manual_seed(0)
+        data = load_dataset("nuclei")
+        model = build_model("unet", in_channels=data.channels, classes=data.num_classes)
+        save_model(train_model(model, data, size=args.size, steps=args.train_steps, progress=False).model, base)
         rows = [timed(args, base, "sequential", sweep.SequentialExecutor)]
         rows.append(timed(args, base, "local-1", lambda: sweep.LocalExecutor(1)))
         rows.append(timed(args, base, "local-2", lambda: sweep.LocalExecutor(2)))

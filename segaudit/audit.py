@@ -42,7 +42,7 @@ class AuditResult:
 
 
 def run(config: AuditConfig, out: str | Path, *, force: bool = False, redact: bool = False, progress: bool = True,
-        command: str = "", log: Log | None = None, executor=None) -> AuditResult:
+        command: str = "", log: Log | None = None, executor=None, extend: bool = False) -> AuditResult:
     """Run (or resume) the audit ``config`` in the folder ``out``.
 
     Args:
@@ -52,54 +52,47 @@ def run(config: AuditConfig, out: str | Path, *, force: bool = False, redact: bo
         redact: leave client images out of the report (a report showing them would itself leak data).
         command: the command line, recorded for reproducibility.
         executor: runs the cells (see :mod:`segaudit.sweep`); default: one after another in this process.
+        extend: resume a store made by another config (more seeds, a model fewer, ...), as a sweep grows its grid;
+            the data and every shared model must still be the same, and only the current config's runs are shown.
+            Without it, a store made by another config is refused.
 
     Example:
         >>> result = run(AuditConfig.quick(), "reports/quick")
         >>> result.risk, result.report
     """
-    from .data import load_dataset
     from .io import check_out_dir, check_replaceable, write_json
+    from .models import save_model
 
     out = Path(out)
     store_path = out / "results.sqlite"
+    resuming = store_path.exists() and not force
+    in_memory = {mc.name: _with_preprocessing(mc.model, mc) for mc in config.models if mc.model is not None}
+    config = materialised(config, out)
+    data, fingerprint = preflight(config, in_memory)  # refuses a model that does not fit before any file is written
     if force and out.exists():
         check_replaceable(out)
         shutil.rmtree(out)
-    elif not store_path.exists():
+    elif not resuming:
         check_out_dir(out, force=False)
+    made_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     log = log or (lambda _msg: None)
-    store = ResultsStore(store_path)
     try:
-        created = store.meta().get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        store.set_meta(config=config.to_dict(), config_hash=config.digest(), command=command, created=created)
-        data = load_dataset(config.data, classes=config.classes)
-        if executor is None:
-            from .sweep import SequentialExecutor
-
-            executor = SequentialExecutor()
-        job = make_job(config, out, progress=progress and executor.in_process)
-        training = pending_training(config, out, store)
-        for cell in training:
-            log(f"training {cell.settings['model']} ({cell.settings['arch']}, {cell.settings['train_steps']} steps)"
-                if not cell.settings["checkpoint"] else f"evaluating {cell.settings['model']}")
-        execute(executor, training, job, store, out, log, progress, desc="training")
-        trained = {c.settings["model"]: store.get(c.key) for c in plan_training(config)}
-        broken = {m: (r or {}).get("error", "not trained") for m, r in trained.items() if not _ok(r)}
-        if len(broken) == len(trained):
-            name, error = next(iter(broken.items()))
-            raise SegauditError(f"model {name!r}: {error}")
-        for name, error in broken.items():
-            log(f"model {name!r} is left out of the audit: {error}")
-        planned = plan_cells(config, data)
-        cells = [c for c in planned if c.settings["model"] not in broken and not _ok(store.get(c.key))]
-        execute(executor, cells, job, store, out, log, progress and not executor.in_process)
-        left_out = sum(c.settings["model"] in broken for c in planned)
-        counts = {"planned": len(config.models) + len(planned), "run": len(training) + len(cells),
-                  "failed": len(broken) + sum(not _ok(store.get(c.key)) for c in cells), "left_out": left_out}
-        results = collect(store, store.meta())
-    finally:
-        store.close()
+        store = ResultsStore(store_path)
+        try:
+            if resuming:
+                changed = check_resume(store.meta(), config, fingerprint, out, extend)
+                if changed:
+                    log(f"extending the audit in {out}: {', '.join(changed[:5])} changed")
+            for name, model in in_memory.items():
+                save_model(model, model_folder(out, name))
+            results, counts = _run_cells(config, data, fingerprint, out, store, executor, progress, command, log)
+        finally:
+            store.close()
+    except BaseException:
+        if not resuming:
+            _remove_if_nothing_finished(out, made_out)
+        raise
     write_json(out / "results.json", results)
     report = None
     try:
@@ -109,6 +102,176 @@ def run(config: AuditConfig, out: str | Path, *, force: bool = False, redact: bo
     if write_html is not None:
         report = write_html(results, out / "report.html", base_dir=out, redact=redact)
     return AuditResult(results, out, report, counts)
+
+
+def _run_cells(config: AuditConfig, data, fingerprint: dict, out: Path, store: ResultsStore, executor, progress: bool,
+               command: str, log: Log) -> tuple[dict, dict]:
+    """Stage 1 (train or evaluate every model), then stage 2 (every other cell); the results and cell counts."""
+    created = store.meta().get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    store.set_meta(config=config.to_dict(), config_hash=config.digest(), command=command, created=created,
+                   data_hash=fingerprint["data"], model_hashes=fingerprint["models"])
+    if executor is None:
+        from .sweep import SequentialExecutor
+
+        executor = SequentialExecutor()
+    job = make_job(config, out, progress=progress and executor.in_process)
+    training = pending_training(config, out, store, fingerprint)
+    for cell in training:
+        log(f"training {cell.settings['model']} ({cell.settings['arch']}, {cell.settings['train_steps']} steps)"
+            if cell.settings["train_steps"] else f"evaluating {cell.settings['model']}")
+    execute(executor, training, job, store, out, log, progress, desc="training")
+    stage1 = plan_training(config, fingerprint)
+    trained = {c.settings["model"]: store.get(c.key) for c in stage1}
+    broken = {m: (r or {}).get("error", "not trained") for m, r in trained.items() if not _ok(r)}
+    if len(broken) == len(trained):
+        name, error = next(iter(broken.items()))
+        raise SegauditError(f"model {name!r}: {error}")
+    for name, error in broken.items():
+        log(f"model {name!r} is left out of the audit: {error}")
+    fingerprint = {**fingerprint, "models": {**fingerprint["models"], **{
+        mc.name: model_digest(_model(mc.name, job, None)) for mc in config.models
+        if mc.name not in fingerprint["models"] and mc.name not in broken}}}
+    store.set_meta(model_hashes=fingerprint["models"])
+    planned = plan_cells(config, data, fingerprint)
+    store.set_meta(planned=[c.key for c in [*stage1, *planned]])
+    cells = [c for c in planned if c.settings["model"] not in broken and not _ok(store.get(c.key))]
+    execute(executor, cells, job, store, out, log, progress and not executor.in_process)
+    counts = {"planned": len(config.models) + len(planned), "run": len(training) + len(cells),
+              "failed": len(broken) + sum(not _ok(store.get(c.key)) for c in cells),
+              "left_out": sum(c.settings["model"] in broken for c in planned)}
+    return collect(store, store.meta()), counts
+
+
+def materialised(config: AuditConfig, out: str | Path) -> AuditConfig:
+    """``config`` with every in-memory model replaced by the folder the audit saves it to (its checkpoint)."""
+    import dataclasses
+
+    from .models import model_spec
+
+    models = []
+    for mc in config.models:
+        if mc.model is not None:
+            spec = model_spec(mc.model)
+            mc = dataclasses.replace(mc, model=None, arch=spec["arch"], encoder=spec["encoder"],
+                                     checkpoint=str(model_folder(out, mc.name).resolve()))
+        models.append(mc)
+    return dataclasses.replace(config, models=tuple(models))
+
+
+def _with_preprocessing(model, mc):
+    """``model`` (a copy) with the config's ``preprocessing`` override recorded in its spec."""
+    import copy
+
+    from .preprocessing import Preprocessing, declare
+
+    model = copy.deepcopy(model)
+    if mc.preprocessing is not None:
+        channels = model.segaudit_spec["in_channels"]
+        declare(model, Preprocessing.from_dict(mc.preprocessing, channels, f"model {mc.name!r}: 'preprocessing'"))
+    return model
+
+
+def _load(path: str | Path, mc):
+    """The checkpoint ``path`` of the model config ``mc``, with its ``preprocessing`` override."""
+    from .models import load_model
+    from .preprocessing import Preprocessing
+
+    model = load_model(path)
+    if mc.preprocessing is not None:
+        model = load_model(path, preprocessing=Preprocessing.from_dict(
+            mc.preprocessing, model.segaudit_spec["in_channels"], f"model {mc.name!r}: 'preprocessing'"))
+    return model
+
+
+def preflight(config: AuditConfig, models: dict | None = None):
+    """Load the data and every given model, and refuse what does not fit, before the audit writes anything.
+
+    Checks each checkpoint's input channels and classes against the data's, and that its input normalisation
+    is known (recorded or given as ``preprocessing``).
+
+    Returns:
+        ``(dataset, {"data": data hash, "models": {name: model hash}})`` (models the audit trains are hashed after
+        training).
+    """
+    from .checks import check_model_fits_data, model_source
+    from .data import check_input_size, load_dataset
+    from .models import size_rules
+    from .preprocessing import of as preprocessing_of
+
+    data = load_dataset(config.data, classes=config.classes)
+    if config.property and config.inference:
+        from .attacks.inference import PropertySpec
+
+        PropertySpec.parse(config.property, data.class_names)
+    hashes = {}
+    for mc in config.models:
+        model = (models or {}).get(mc.name)
+        if model is None and mc.checkpoint:
+            model = _load(mc.checkpoint, mc)
+        if model is None:
+            check_input_size(config.size, size_rules(mc.arch, mc.encoder).output_stride)
+            continue
+        where = "the model given in memory" if mc.name in (models or {}) else model_source(mc.checkpoint)
+        check_model_fits_data(model, data, where)
+        preprocessing_of(model, source=mc.checkpoint if mc.name not in (models or {}) else None)
+        spec = model.segaudit_spec
+        check_input_size(config.size, size_rules(spec["arch"], spec["encoder"], **spec["options"]).output_stride)
+        hashes[mc.name] = model_digest(model)
+    return data, {"data": data.digest(), "models": hashes}
+
+
+def model_digest(model) -> str:
+    """A short hash of a model's spec (preprocessing included) and every tensor of its state dict."""
+    import hashlib
+    import json
+
+    from .models import model_spec
+
+    h = hashlib.sha256(json.dumps(model_spec(model), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_resume(meta: dict, config: AuditConfig, fingerprint: dict, out: Path, extend: bool = False) -> list[str]:
+    """Refuse to resume a store made from other data, of another model or (unless ``extend``) by another config,
+    in one line that says which; returns the config keys that changed."""
+    fix = "use --force to start afresh, or another --out"
+    if "config" not in meta:
+        raise SegauditError(f"{out / 'results.sqlite'} holds no audit config; {fix}")
+    try:
+        stored = AuditConfig.from_dict(meta["config"])
+    except SegauditError as e:
+        raise SegauditError(f"{out} holds an audit this segaudit cannot read ({e}); {fix}") from None
+    differ = stored.differences(config)
+    if differ and not extend:
+        raise SegauditError(f"{out} holds an audit of another config ({', '.join(differ[:5])} differ); {fix}")
+    if meta.get("data_hash") != fingerprint["data"]:
+        raise SegauditError(f"the data differ from those audited in {out} (data hash {fingerprint['data']} "
+                            f"against {meta.get('data_hash')}); {fix}")
+    for name, digest in fingerprint["models"].items():
+        if meta.get("model_hashes", {}).get(name) not in (None, digest):
+            raise SegauditError(f"model {name!r} differs from the one audited in {out} (model hash {digest} "
+                                f"against {meta['model_hashes'][name]}); {fix}")
+    return differ
+
+
+def _remove_if_nothing_finished(out: Path, made_out: bool) -> None:
+    """After a failure: remove what the audit created when no run finished (an empty folder is left as found)."""
+    store_path = out / "results.sqlite"
+    if store_path.exists():
+        store = ResultsStore(store_path)
+        try:
+            if any(_ok(r) for r in store.runs()):
+                return
+        finally:
+            store.close()
+    if made_out:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for child in out.iterdir():  # the folder was empty (any other non-empty folder is refused)
+        shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
 
 
 # -- the plan: independent cells ---------------------------------------------------------------------------------
@@ -152,30 +315,41 @@ def model_folder(out: str | Path, name: str) -> Path:
     return Path(out) / "models" / _slug(name)
 
 
-def plan_training(config: AuditConfig) -> list[Cell]:
-    """Stage 1: one cell per model — train it (cached in ``models/``), or evaluate its checkpoint."""
+def plan_training(config: AuditConfig, fingerprint: dict | None = None) -> list[Cell]:
+    """Stage 1: one cell per model — train it (cached in ``models/``), or evaluate its checkpoint.
+
+    ``fingerprint`` (from :func:`preflight`) puts the data's and the checkpoints' hashes into the keys.
+    """
+    fp = fingerprint or {"data": None, "models": {}}
     return [Cell.of("train", {"model": mc.name, "arch": mc.arch, "encoder": mc.encoder, "checkpoint": mc.checkpoint,
-                              "train_steps": mc.train_steps, "data": config.data, "size": config.size})
+                              "train_steps": mc.steps, "preprocessing": mc.preprocessing, "data": config.data,
+                              "classes": config.classes, "size": config.size, "data_hash": fp["data"],
+                              "model_hash": fp["models"].get(mc.name)})
             for mc in config.models]
 
 
-def plan_cells(config: AuditConfig, data=None) -> list[Cell]:
+def plan_cells(config: AuditConfig, data=None, fingerprint: dict | None = None) -> list[Cell]:
     """Stage 2: every attack, inference, layer and defense cell of ``config``, in report order.
 
     ``data`` (the loaded dataset) resolves the default inference property; loaded when not given.
+    ``fingerprint`` (``{"data": hash, "models": {name: hash}}``) keys every cell by the data and model it used.
     """
     if data is None and config.inference and not config.property:
         from .data import load_dataset
 
         data = load_dataset(config.data, classes=config.classes)
+    fp = fingerprint or {"data": None, "models": {}}
     cells = []
     for mc in config.models:
+        # what every cell of this model depends on besides its own settings
+        of = {"data": config.data, "classes": config.classes, "data_hash": fp["data"],
+              "model_hash": fp["models"].get(mc.name), "lr": config.lr}
         for attack in config.attacks:
             for mode in config.modes:
                 for b in config.batch_sizes:
                     for seed in config.seeds:
                         for image in range(config.images):
-                            cells.append(Cell.of("attack", {
+                            cells.append(Cell.of("attack", {**of,
                                 "model": mc.name, "attack": attack, "defense": "none", "mode": mode, "batch_size": b,
                                 "local_steps": config.local_steps if mode == "fedavg" else 1, "seed": seed,
                                 "image": image, "steps": config.attack_steps, "restarts": config.restarts,
@@ -184,17 +358,17 @@ def plan_cells(config: AuditConfig, data=None) -> list[Cell]:
             prop = config.property or _default_property(data, config)
             for attack in config.inference:
                 for b in config.inference_batch_sizes:
-                    cells.append(Cell.of("inference", {
+                    cells.append(Cell.of("inference", {**of,
                         "model": mc.name, "attack": attack, "batch_size": b, "updates": config.inference_updates,
                         "property": None if attack == "membership" else prop, "defense": "none",
                         "client_mode": config.client_mode, "size": config.size, "seed": config.seeds[0]}))
         if config.layers:
-            cells.append(Cell.of("layers", {"model": mc.name, "steps": config.layer_attack_steps,
+            cells.append(Cell.of("layers", {**of, "model": mc.name, "steps": config.layer_attack_steps,
                                             "client_mode": config.client_mode, "size": config.size,
                                             "seed": config.seeds[0]}))
         if config.defenses and config.defenses != ("none",):
             for spec in config.defenses:
-                cells.append(Cell.of("tradeoff", {
+                cells.append(Cell.of("tradeoff", {**of,
                     "model": mc.name, "defense": spec, "train_steps": config.tradeoff_train_steps,
                     "attack_steps": config.attack_steps, "client_mode": config.client_mode, "size": config.size,
                     "seed": config.seeds[0]}))
@@ -243,11 +417,11 @@ def save_outcome(done: dict, store: ResultsStore, out: Path) -> None:
     store.put(done["key"], done["kind"], done["settings"], done["result"], done["seconds"])
 
 
-def pending_training(config: AuditConfig, out: Path, store: ResultsStore) -> list[Cell]:
+def pending_training(config: AuditConfig, out: Path, store: ResultsStore, fingerprint: dict | None = None) -> list[Cell]:
     """Training cells not stored yet (or whose model folder is gone)."""
-    cells = plan_training(config)
+    cells = plan_training(config, fingerprint)
     return [c for c, mc in zip(cells, config.models)
-            if not _ok(store.get(c.key)) or (not mc.checkpoint and not model_folder(out, mc.name).exists())]
+            if not _ok(store.get(c.key)) or (mc.trains and not model_folder(out, mc.name).exists())]
 
 
 def _ok(row: dict | None) -> bool:
@@ -320,15 +494,16 @@ def _model(name: str, job: Job, model_files: dict | None):
     """A fresh copy of the model ``name`` (loaded once per process; cells never share a mutable model)."""
     import copy
     import hashlib
+    import json
     import tempfile
-
-    from .models import load_model
 
     if model_files is not None:  # shipped by the driver: loaded from a scratch folder, removed at once
         ident = ("blob", hashlib.sha256(b"".join(model_files[k] for k in sorted(model_files))).hexdigest())
     else:
         path = Path(job.models[name])
         ident = ("path", str(path), path.stat().st_mtime_ns if path.exists() else None)
+    mc = next(m for m in job.config.models if m.name == name)
+    ident = (*ident, json.dumps(mc.preprocessing, sort_keys=True))
     if ident not in _MODELS:
         if len(_MODELS) > 2:
             _MODELS.clear()
@@ -337,31 +512,31 @@ def _model(name: str, job: Job, model_files: dict | None):
             try:
                 for fname, blob in model_files.items():
                     (scratch / fname).write_bytes(blob)
-                _MODELS[ident] = load_model(scratch)
+                _MODELS[ident] = _load(scratch, mc)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
         else:
-            _MODELS[ident] = load_model(path)
+            _MODELS[ident] = _load(path, mc)
     return copy.deepcopy(_MODELS[ident])
 
 
 def _work_train(cell: Cell, job: Job, tmp: Path, model_files) -> dict:
-    from .data import split
     from .models import build_model, save_model
     from .train import evaluate, train_model
 
     s, data = cell.settings, _data(job)
-    if s["checkpoint"]:
+    if not s["train_steps"]:  # a checkpoint: segaudit does not know its training split, so all the data is used
         model = _model(s["model"], job, model_files)
-        data.check_channels(model.segaudit_spec["in_channels"])
-        scores = evaluate(model, data, split(data, seed=0)[1], _eval_size(data))
-        return {"heldout_dice": scores["dice"], "heldout_iou": scores["iou"], "steps": None, "spec": _spec(model)}
+        scores = evaluate(model, data, list(range(len(data))), _eval_size(data))
+        return {"dice": scores["dice"], "iou": scores["iou"], "evaluated_on": "audit data", "images": len(data),
+                "steps": None, "spec": _spec(model)}
     torch.manual_seed(0)
-    model = build_model(s["arch"], encoder=s["encoder"], in_channels=data.channels, classes=data.num_classes)
+    model = build_model(s["arch"], encoder=s["encoder"], in_channels=data.channels, classes=data.num_classes,
+                        preprocessing=s["preprocessing"])
     result = train_model(model, data, size=s["size"], steps=s["train_steps"], seed=0, progress=job.progress)
     save_model(result.model, tmp / "models" / _slug(s["model"]))
-    return {"heldout_dice": result.dice, "heldout_iou": result.iou, "steps": result.steps,
-            "spec": _spec(result.model)}
+    return {"dice": result.dice, "iou": result.iou, "evaluated_on": "held-out split",
+            "images": len(result.heldout_names), "steps": result.steps, "spec": _spec(result.model)}
 
 
 def _work_attack(cell: Cell, job: Job, tmp: Path, model_files) -> dict:
@@ -373,7 +548,7 @@ def _work_attack(cell: Cell, job: Job, tmp: Path, model_files) -> dict:
 
     s, config, data = cell.settings, job.config, _data(job)
     model = _model(s["model"], job, model_files)
-    batch = _heldout_batch(data, config, s["batch_size"], s["image"], s["seed"])
+    batch = _client_batch(data, config, model, s["batch_size"], s["image"], s["seed"])
     update = client_update(model, batch, mode=s["mode"], local_steps=s["local_steps"], lr=config.lr,
                            train_mode=s["client_mode"] == "train")
     attacker = ATTACKS.create(s["attack"], steps=s["steps"], restarts=s["restarts"], seed=s["seed"],
@@ -382,7 +557,8 @@ def _work_attack(cell: Cell, job: Job, tmp: Path, model_files) -> dict:
     grid = Path("artefacts") / f"{cell.key}.png"
     reconstruction_grid(batch, rec, tmp / grid,
                         title=f"{s['attack']} on {s['model']}, {s['mode']}, batch {s['batch_size']}")
-    return {"metrics": score(rec, batch), "reconstruction_status": rec.status, "artefacts": {"grid": grid.as_posix()}}
+    return {"metrics": score(rec, batch), "reconstruction_status": rec.status, "images": list(batch.names),
+            "threads": torch.get_num_threads(), "artefacts": {"grid": grid.as_posix()}}
 
 
 def _work_inference(cell: Cell, job: Job, tmp: Path, model_files) -> dict:
@@ -402,8 +578,9 @@ def _work_layers(cell: Cell, job: Job, tmp: Path, model_files) -> dict:
     from .report.plots import layer_scores_chart
 
     s, data = cell.settings, _data(job)
-    batch = _heldout_batch(data, job.config, 1, 0, s["seed"])
-    report = layer_scores(_model(s["model"], job, model_files), batch, data=data, steps=s["steps"], seed=s["seed"],
+    model = _model(s["model"], job, model_files)
+    batch = _client_batch(data, job.config, model, 1, 0, s["seed"])
+    report = layer_scores(model, batch, data=data, steps=s["steps"], seed=s["seed"],
                           train_mode=s["client_mode"] == "train", show_progress=job.progress)
     chart = Path("artefacts") / f"{cell.key}-layers.png"
     layer_scores_chart(report, tmp / chart)
@@ -443,17 +620,19 @@ def _default_property(data, config: AuditConfig) -> str:
     pool = crop_pool(data, list(range(len(data))), config.size, 4, seed=0)
     k = data.num_classes - 1
     median = float((pool.masks == k).flatten(1).double().mean(1).median())
-    return f"{k}>{median:.2f}"
+    return f"{data.class_names[k]}>{median:.2f}"
 
 
-def _heldout_batch(data, config: AuditConfig, batch_size: int, image: int, seed: int):
-    """The ``image``-th client batch of ``batch_size`` held-out crops (deterministic by image and seed)."""
+def _client_batch(data, config: AuditConfig, model, batch_size: int, image: int, seed: int):
+    """The ``image``-th client batch of ``batch_size`` crops of the held-out split (deterministic by image and
+    seed), normalised as ``model`` was trained."""
     from .data import make_batch, split
+    from .preprocessing import normalisation
 
     held = split(data, seed=0)[1]
     picks = [held[(image * batch_size + i) % len(held)] for i in range(batch_size)]
     return make_batch(data, picks, size=config.size, fit="crop" if data.min_size >= config.size else "resize",
-                      seed=1000 * seed + image)
+                      seed=1000 * seed + image, **normalisation(model))
 
 
 def _slug(name: str) -> str:
@@ -523,18 +702,26 @@ def collect(store: ResultsStore, meta: dict[str, Any]) -> dict[str, Any]:
 
     config = AuditConfig.from_dict(meta["config"])
     data = load_dataset(config.data, classes=config.classes)
+    planned = set(meta.get("planned") or ())
+
+    def stored(kind: str) -> list[dict]:  # only what the current config asked for
+        return [r for r in store.runs(kind) if not planned or r["key"] in planned]
+
+    hashes = meta.get("model_hashes") or {}
     models = []
     for mc in config.models:
-        train = next((r for r in store.runs("train") if r["model"] == mc.name), None)
+        train = next((r for r in stored("train") if r["model"] == mc.name), None)
         spec = (train or {}).get("spec", {})
         models.append({"name": mc.name, "arch": spec.get("arch", mc.arch), "encoder": spec.get("encoder", mc.encoder),
-                       "checkpoint": mc.checkpoint, "params": spec.get("parameters"),
+                       "checkpoint": mc.checkpoint, "params": spec.get("parameters"), "model_hash": hashes.get(mc.name),
+                       "preprocessing": spec.get("preprocessing"),
                        "in_channels": data.channels, "classes": data.num_classes, "class_names": list(data.class_names),
                        "intended_use": mc.intended_use,
-                       "trained": None if train is None else {k: train.get(k) for k in ("steps", "heldout_dice", "heldout_iou")}})
+                       "trained": None if train is None else {
+                           k: train.get(k) for k in ("steps", "dice", "iou", "evaluated_on", "images")}})
     order = _report_order(config)
     runs = [{k: v for k, v in r.items() if k != "kind"} | {"id": r["key"], "kind": "attack"}
-            for r in sorted(store.runs("attack"), key=order)]
+            for r in sorted(stored("attack"), key=order)]
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         if r["status"] == "ok":
@@ -544,19 +731,20 @@ def collect(store: ResultsStore, meta: dict[str, Any]) -> dict[str, Any]:
               **{k: _mean_ci([x.get(k) for x in ms]) for k in ("psnr", "ssim", "mse", "mask_dice", "mask_iou")}}
              for (m, a, d, mode, b), ms in groups.items()]
     layers = {r["model"]: r["report"] | {"chart": r.get("artefacts", {}).get("chart")}
-              for r in store.runs("layers") if r["status"] == "ok"}
+              for r in stored("layers") if r["status"] == "ok"}
     results = {
         "schema": 1, "segaudit_version": _versions()["segaudit"], "created": meta.get("created"),
         "command": meta.get("command", ""), "config_hash": meta.get("config_hash"), "config": meta["config"],
         "versions": _versions(),
         "data": {"name": config.data, "images": len(data), "classes": list(data.class_names), "channels": data.channels,
-                 "size": config.size, "source": _data_source(config.data)},
+                 "size": config.size, "source": _data_source(config.data), "data_hash": meta.get("data_hash")},
+        "threads": sorted({r["threads"] for r in runs if r.get("threads")}),
         "models": models, "runs": runs, "cells": cells,
         "inference": [{k: v for k, v in r.items() if k not in ("kind", "key")}
-                      for r in sorted(store.runs("inference"), key=order)],
+                      for r in sorted(stored("inference"), key=order)],
         "layers": layers,
         "tradeoff": [{k: v for k, v in r.items() if k not in ("kind", "key")}
-                     for r in sorted(store.runs("tradeoff"), key=order)],
+                     for r in sorted(stored("tradeoff"), key=order)],
     }
     try:
         from .report.findings import recommendations, risk

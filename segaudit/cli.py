@@ -16,11 +16,33 @@ class _Parser(argparse.ArgumentParser):
         raise SegauditError(f"{message} (see '{self.prog} --help')")
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, arch: str | None = "unet") -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", metavar="DIR", help="a trained model folder (save_pretrained) or checkpoint")
-    g.add_argument("--arch", default="unet", help="architecture when no --model is given (default: unet)")
+    g.add_argument("--arch", default=arch, help=f"architecture when no --model is given (default: {arch})")
     g.add_argument("--encoder", help="smp encoder (default: resnet18 for segmentation archs)")
+    _add_preprocessing_args(g)
+
+
+def _add_preprocessing_args(g) -> None:
+    """The input normalisation the model was trained with; overrides what its spec records."""
+    g.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean the model's inputs were normalised with, "
+                   "in the units of --scale (overrides the model's spec; e.g. 0 with --std 1 for x/255)")
+    g.add_argument("--std", metavar="S[,S,S]", help="per-channel std, with --mean")
+    g.add_argument("--scale", type=float, choices=(1.0, 255.0), metavar="1|255",
+                   help="pixel value range --mean/--std refer to: 1 ([0, 1], default) or 255 ([0, 255])")
+
+
+def _preprocessing(args, channels: int):
+    """The ``--mean/--std/--scale`` flags as a :class:`~segaudit.preprocessing.Preprocessing`, or None."""
+    from .preprocessing import Preprocessing
+
+    mean, std, scale = (getattr(args, k, None) for k in ("mean", "std", "scale"))
+    if mean is None and std is None:
+        if scale is not None:
+            raise SegauditError("--scale needs --mean and --std (the normalisation it refers to)")
+        return None
+    return Preprocessing.parse(mean, std, scale, channels=channels)
 
 
 def _add_data_args(p: argparse.ArgumentParser, size: int = 64) -> None:
@@ -46,17 +68,35 @@ def _add_out_args(p: argparse.ArgumentParser, default: str | None = None) -> Non
 
 
 def _model_for(args, data):
-    """The trained ``--model`` (checked against the data's channels), or a fresh ``--arch`` model for the data."""
+    """The trained ``--model`` or a fresh ``--arch`` model for the data, checked against the data's channels and
+    classes and with a known input normalisation (``--mean/--std`` override its spec) before any work."""
+    from .checks import check_model_fits_data, model_source
     from .models import build_model, load_model
+    from .preprocessing import declare
+    from .preprocessing import of as preprocessing_of
 
-    if getattr(args, "model", None):
-        model = load_model(args.model)
+    path = getattr(args, "model", None)
+    if path:
+        model = load_model(path)
+        declared = _preprocessing(args, model.segaudit_spec["in_channels"])
+        if declared is not None:
+            declare(model, declared)
     else:
         extra = {"size": args.size} if args.arch.lower() == "lenet" else {}
+        channels = getattr(args, "in_channels", None) or data.channels
+        declared = _preprocessing(args, channels)
         model = build_model(args.arch, encoder=args.encoder, classes=args.classes or data.num_classes,
-                            in_channels=getattr(args, "in_channels", None) or data.channels, **extra)
-    data.check_channels(model.segaudit_spec["in_channels"])
+                            in_channels=channels, preprocessing=declared and declared.to_dict(), **extra)
+    check_model_fits_data(model, data, model_source(path) if path else "--in-channels/--classes")
+    preprocessing_of(model, source=path)
     return model
+
+
+def _environment() -> dict:
+    """What else determines a run's numbers, recorded beside them."""
+    import torch
+
+    return {"threads": torch.get_num_threads()}
 
 
 def cmd_train(args) -> int:
@@ -81,7 +121,8 @@ def cmd_train(args) -> int:
                              seed=args.seed, progress=not args.quiet)
     with atomic_dir(out) as tmp:
         save_model(result.model, tmp / "model")
-        write_json(tmp / "train.json", private.summary() if dp_spec is not None else result.summary())
+        write_json(tmp / "train.json", {**(private.summary() if dp_spec is not None else result.summary()),
+                                         **_environment()})
     dp_note = (f"  epsilon {private.epsilon:.3g} at delta {private.delta:g} (sigma {private.noise_multiplier:.3g}, "
                f"C {private.max_grad_norm:g}, q {private.sample_rate:.3g}, {private.accountant})") if dp_spec is not None else ""
     print(f"held-out Dice {result.dice:.3f}  IoU {result.iou:.3f}  ({result.steps} steps, {result.seconds:.0f} s)"
@@ -135,12 +176,14 @@ def cmd_update(args) -> int:
     from .data import load_dataset, make_batch
     from .fl import client_update
     from .io import check_out_file
+    from .preprocessing import normalisation
     from .updates import save_update
 
     check_out_file(args.out, args.force, ".safetensors")
     data = load_dataset(args.data, classes=args.classes)
     model = _model_for(args, data)
-    batch = make_batch(data, list(range(args.batch_size)), size=args.size, seed=args.seed, fit="crop")
+    batch = make_batch(data, list(range(args.batch_size)), size=args.size, seed=args.seed, fit="crop",
+                       **normalisation(model))
     update = client_update(model, batch, mode=args.mode, local_steps=args.local_steps, lr=args.lr, loss=args.loss)
     path = save_update(update, args.out, force=args.force)
     print(f"{update.kind} of {len(update.tensors)} tensors, norm {update.norm():.4g} -> {path}")
@@ -164,13 +207,14 @@ def _attack_batch(args, data, model):
 
     from .data import make_batch
     from .models import is_segmentation
+    from .preprocessing import normalisation
     from .types import Batch
 
     if args.batch_size < 1:
         raise SegauditError(f"--batch-size must be at least 1, got {args.batch_size}")
     # more images than the dataset holds: distinct random crops of the same images
     batch = make_batch(data, [i % len(data) for i in range(args.batch_size)], size=args.size, seed=args.seed,
-                       fit=_fit(data, args.size), stride=_stride(model))
+                       fit=_fit(data, args.size), stride=_stride(model), **normalisation(model))
     if is_segmentation(model):
         return batch
     k = model.segaudit_spec["classes"]
@@ -190,10 +234,13 @@ def _fit(data, size: int) -> str:
 
 
 def _stride(model) -> int:
-    from .models import size_rules, model_spec
+    """What ``--size`` must be a multiple of: a segmentation model's output stride (as ``train`` and ``audit``
+    require, even where smp would interpolate), else whatever the classifier needs."""
+    from .models import is_segmentation, model_spec, size_rules
 
     spec = model_spec(model)
-    return size_rules(spec["arch"], spec["encoder"], **spec["options"]).multiple
+    rules = size_rules(spec["arch"], spec["encoder"], **spec["options"])
+    return rules.output_stride if is_segmentation(model) else rules.multiple
 
 
 def cmd_attack(args) -> int:
@@ -218,7 +265,7 @@ def cmd_attack(args) -> int:
               "client_mode": args.client_mode, "size": args.size, "seed": args.seed,
               "runtime_s": outcome.runtime_s, "status": rec.status, "metrics": outcome.metrics,
               "restart_losses": rec.restart_losses, "restart_status": rec.restart_status,
-              "images": list(batch.names), "fit": _fit(data, args.size)}
+              "images": list(batch.names), "fit": _fit(data, args.size), **_environment()}
     if "composition" in rec.extras:
         result["composition"] = rec.extras["composition"].tolist()
     with atomic_dir(out) as tmp:
@@ -237,6 +284,7 @@ def cmd_layers(args) -> int:
     from .data import make_batch
     from .io import atomic_dir, check_out_dir, write_json
     from .leakage import layer_scores
+    from .preprocessing import normalisation
     from .report.plots import layer_scores_chart
 
     out = check_out_dir(args.out, args.force)
@@ -245,11 +293,11 @@ def cmd_layers(args) -> int:
     if args.batch_size < 1:
         raise SegauditError(f"--batch-size must be at least 1, got {args.batch_size}")
     batch = make_batch(data, [i % len(data) for i in range(args.batch_size)], size=args.size, seed=args.seed,
-                       fit=_fit(data, args.size), stride=_stride(model))
+                       fit=_fit(data, args.size), stride=_stride(model), **normalisation(model))
     report = layer_scores(model, batch, data=data, steps=args.steps, seed=args.seed, mode="fedsgd",
                           train_mode=args.client_mode == "train", show_progress=not args.quiet)
     with atomic_dir(out) as tmp:
-        write_json(tmp / "layers.json", report.to_dict())
+        write_json(tmp / "layers.json", {**report.to_dict(), **_environment()})
         layer_scores_chart(report, tmp / "layers.png")
     print(f"most exposed: {', '.join(report.ranking()[:3])} ({report.runtime_s['total']:.0f} s) -> {out}")
     return 0
@@ -275,8 +323,6 @@ def cmd_check_update(args) -> int:
 def cmd_tradeoff(args) -> int:
     import time
 
-    import torch
-
     from .data import load_dataset
     from .io import atomic_dir, check_out_dir, write_json
     from .models import model_spec
@@ -289,7 +335,6 @@ def cmd_tradeoff(args) -> int:
                                 train_batch_size=args.train_batch_size, lr=args.lr, attack_steps=args.attack_steps,
                                 restarts=args.restarts, client_mode=args.client_mode, seed=args.seed)
     data = load_dataset(args.data, classes=args.classes)
-    torch.manual_seed(args.seed)  # a fresh --arch model starts from the same weights for a given seed
     model = _model_for(args, data)
 
     def show(row):
@@ -303,7 +348,8 @@ def cmd_tradeoff(args) -> int:
     rows = run_tradeoff(model, data, defenses, settings, progress=False, on_row=show)
     spec = model_spec(model)
     result = {"arch": spec["arch"], "encoder": spec["encoder"], "data": args.data, "model": args.model,
-              "settings": settings.__dict__, "rows": rows, "runtime_s": time.perf_counter() - start}
+              "settings": settings.__dict__, "rows": rows, "runtime_s": time.perf_counter() - start,
+              **_environment()}
     with atomic_dir(out) as tmp:
         write_json(tmp / "tradeoff.json", result)
         tradeoff_frontier(rows, tmp / "frontier.png",
@@ -332,7 +378,7 @@ def cmd_infer(args) -> int:
                            seed=args.seed, show_progress=not args.quiet, mode=args.mode,
                            local_steps=args.local_steps, lr=args.lr, train_mode=args.client_mode == "train")
     with atomic_dir(out) as tmp:
-        write_json(tmp / "result.json", result.summary())
+        write_json(tmp / "result.json", {**result.summary(), **_environment()})
         if result.auc is not None:
             roc_plot(result.labels, result.scores, tmp / "roc.png",
                      title=f"{args.attack} ({result.property or 'membership'}), batch {args.batch_size}")
@@ -344,33 +390,43 @@ def cmd_infer(args) -> int:
 
 
 def cmd_audit(args) -> int:
+    import dataclasses
+
     from . import audit
     from .config import AuditConfig, ModelConfig
 
+    if args.model and not args.data and not args.config:
+        raise SegauditError("--model needs --data: the folder of images and masks to audit it on "
+                            "(--data nuclei for the bundled crops)")
     overrides = {}
+    prep = _preprocessing(args, len(args.mean.split(",")) if args.mean else 1)
     if args.arch or args.model or args.encoder:
         overrides["models"] = (ModelConfig(name=args.arch or "model", arch=args.arch or "unet", encoder=args.encoder,
-                                           checkpoint=args.model),)
-    for key in ("data", "classes", "size", "images", "attack_steps"):
+                                           checkpoint=args.model, preprocessing=prep and prep.to_dict()),)
+    for key in ("data", "classes", "size", "images", "attack_steps", "client_mode", "property"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    for key, cast in (("batch_sizes", int), ("modes", str), ("defenses", str), ("seeds", int)):
-        if getattr(args, key):
+    for key, cast in (("batch_sizes", int), ("modes", str), ("defenses", str), ("seeds", int), ("inference", str)):
+        if getattr(args, key) or (key == "inference" and args.inference is not None):  # --inference '' is none
             try:
-                overrides[key] = tuple(cast(v) for v in getattr(args, key).split(",") if v.strip())
+                overrides[key] = tuple(cast(v.strip()) for v in getattr(args, key).split(",") if v.strip())
             except ValueError:
                 raise SegauditError(f"--{key.replace('_', '-')} must be a comma-separated list of numbers") from None
     if args.no_layers:
         overrides["layers"] = False
     if args.config:
-        import dataclasses
-
         config = dataclasses.replace(AuditConfig.from_yaml(args.config), **overrides)
     else:
         config = AuditConfig.quick(**overrides) if args.quick else AuditConfig(**overrides)
+    if prep and "models" not in overrides:  # --mean/--std apply to the config's models
+        config = dataclasses.replace(config, models=tuple(dataclasses.replace(m, preprocessing=prep.to_dict())
+                                                          for m in config.models))
     result = audit.run(config, args.out, force=args.force, redact=args.redact, progress=not args.quiet,
                        command=_command(args), log=lambda m: print(m, file=sys.stderr))
     where = result.report or result.out / "results.json"
+    n = result.cells
+    if n["planned"] and n["failed"] >= n["planned"] - n["left_out"]:
+        raise SegauditError(f"every cell of the audit failed (see {where}); fix the first error above and rerun")
     print(f"audit {config.name!r}: risk {result.risk or 'not rated'} -> {where}")
     return 0
 
@@ -421,11 +477,17 @@ def cmd_demo(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from .attacks import ATTACKS
+    from .attacks.inference import INFERENCE
     from .data import BUNDLED
+    from .defenses import DEFENSES
     from .models import available_archs
 
     for kind, names in available_archs().items():
         print(f"{kind} architectures: {', '.join(names)}")
+    print(f"inversion attacks: {', '.join(ATTACKS.available())}")
+    print(f"inference attacks: {', '.join(INFERENCE.available())}")
+    print(f"defenses: {', '.join(DEFENSES.available())} (e.g. noise:0.01, dp:eps=8)")
     print(f"bundled datasets: {', '.join(sorted(BUNDLED))}")
     return 0
 
@@ -436,9 +498,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     quiet = _Parser(add_help=False)
     quiet.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    compute = _Parser(add_help=False)
+    compute.add_argument("--threads", type=int, metavar="N",
+                         help=f"torch threads (default: OMP_NUM_THREADS, else this machine's cores: {default_threads()}); on a machine "
+                              "where other jobs hold cores, fewer threads run much faster")
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:  # every command also takes --quiet
-        return sub.add_parser(name, help=help, description=help, parents=[quiet])
+    def command(name: str, help: str, computes: bool = True) -> argparse.ArgumentParser:
+        """Every command takes --quiet; those that compute also --threads."""
+        return sub.add_parser(name, help=help, description=help, parents=[quiet, compute] if computes else [quiet])
 
     p = command("train", "train a segmentation model on CPU and save it (save_pretrained)")
     p.add_argument("--arch", default="unet")
@@ -473,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_update)
 
     from .attacks import ATTACKS
+    from .attacks.inference import INFERENCE
 
     p = command("attack", "reconstruct a client's images and masks from its update; writes result.json and reconstruction.png")
     _add_model_args(p)
@@ -533,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("infer", "what a server infers from updates without rebuilding images: composition, property, membership")
     _add_model_args(p)
     _add_data_args(p)
-    p.add_argument("--attack", choices=("composition", "property", "membership"), default="composition")
+    p.add_argument("--attack", choices=INFERENCE.available(), default="composition")
     p.add_argument("--property", metavar="SPEC",
                    help="CLASS>X (the batch's share of CLASS exceeds X), any:CLASS>X or present:CLASS (some image)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -560,6 +628,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", metavar="S,S", help="random seeds, e.g. 0,1")
     p.add_argument("--images", type=int, help="client batches per cell")
     p.add_argument("--attack-steps", type=int, help="inversion steps per attack")
+    p.add_argument("--client-mode", choices=("train", "eval"), help="the clients' model mode (default: eval)")
+    p.add_argument("--inference", metavar="A,A", help=f"inference attacks ({', '.join(INFERENCE.available())}); "
+                                                      "'' for none")
+    p.add_argument("--property", metavar="SPEC", help="the inference property, e.g. 'nucleus>0.2' "
+                                                      "(default: the last class above its median share)")
+    _add_preprocessing_args(p.add_argument_group("the model's input normalisation (overrides its spec)"))
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer scores")
     p.add_argument("--quick", action="store_true", help="a small budget for a first look")
     p.add_argument("--redact", action="store_true", help="leave client images out of the report")
@@ -568,7 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_audit)
 
     p = command("sweep", "run an audit config's grid of cells in parallel (process pool or Ray); same store and "
-                         "report as 'audit'; a rerun skips finished cells")
+                         "report as 'audit'; a rerun skips finished cells", computes=False)
     p.add_argument("config", metavar="CONFIG.yaml", help="audit config: the grid is models x attacks x modes x "
                                                          "batch sizes x images x seeds, plus inference, layers, defenses")
     p.add_argument("--executor", choices=("local", "ray", "sequential"), default="local",
@@ -582,7 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="start afresh in a non-empty --out")
     p.set_defaults(func=cmd_sweep)
 
-    p = command("report", "write the self-contained HTML report of an audit (results.json or a .sqlite results store)")
+    p = command("report", "write the self-contained HTML report of an audit (results.json or a .sqlite results store)",
+                computes=False)
     p.add_argument("results", metavar="RESULTS", help="results.json (or its folder), or a .sqlite results store")
     p.add_argument("--out", metavar="FILE", help="output .html file (default: report.html beside RESULTS)")
     p.add_argument("--redact", action="store_true", help="leave out the reconstruction images (they show patient data)")
@@ -595,7 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redact", action="store_true", help="leave client images out of the report")
     p.set_defaults(func=cmd_demo)
 
-    p = command("privacy", "privacy accounting with Opacus: epsilon of a DP-SGD run, or the noise for a target epsilon")
+    p = command("privacy", "privacy accounting with Opacus: epsilon of a DP-SGD run, or the noise for a target epsilon",
+                computes=False)
     what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
     for name, help in (("epsilon", "epsilon of T noisy steps at sample rate q; the last line is the number"),
                        ("noise", "the noise multiplier sigma that spends a target epsilon; the last line is the number")):
@@ -611,7 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_privacy)
 
-    p = command("info", "list architectures and bundled datasets")
+    p = command("info", "list architectures, attacks, defenses and bundled datasets", computes=False)
     p.set_defaults(func=cmd_info)
     return parser
 
@@ -628,11 +704,44 @@ def _protect_inputs(args) -> None:
         check_replaceable(out, {key: getattr(args, key) for key in _INPUTS if isinstance(getattr(args, key, None), str)})
 
 
+def default_threads() -> int:
+    """``OMP_NUM_THREADS`` when it is set, else the cores this process may use."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _set_threads_and_seed(args) -> None:
+    """Pin torch's threads (``--threads``; results record them) and seed every generator with ``--seed``
+    before anything is built, so the same command gives the same numbers."""
+    seed = getattr(args, "seed", None)
+    if "threads" not in args and not isinstance(seed, int):
+        return
+    import random
+
+    import numpy as np
+    import torch
+
+    if "threads" in args:
+        if args.threads is not None and args.threads < 1:
+            raise SegauditError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads or default_threads())
+    if isinstance(seed, int):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)
         _protect_inputs(args)
+        _set_threads_and_seed(args)
         return int(args.func(args) or 0)
     except SystemExit as e:  # --help
         return int(e.code or 0)

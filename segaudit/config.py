@@ -29,13 +29,22 @@ from typing import Any
 from .errors import SegauditError
 
 
+TRAIN_STEPS = 300  # a model's training budget when the audit trains it and the config names none
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """One audited model: a trained ``checkpoint`` folder, or ``arch``/``encoder`` trained on the data first.
+    """One audited model: a trained ``checkpoint`` folder or file, an in-memory ``model``, or ``arch``/``encoder``
+    trained on the data first.
 
     Attributes:
         name: its label in the report (untrusted text: escaped when rendered).
-        train_steps: training budget when there is no checkpoint.
+        train_steps: training budget when the audit trains the model (default 300); refused for a checkpoint,
+            whose training segaudit does not know.
+        preprocessing: ``{"mean", "std", "scale"}`` the model was trained with; overrides its spec (see
+            :mod:`segaudit.preprocessing`). A checkpoint that records none needs it.
+        model: a model in memory (``nn.Module`` built or loaded by segaudit); the audit saves it into its folder
+            and audits that copy. Not part of :meth:`AuditConfig.to_dict`: the saved copy's hash is recorded.
         intended_use: one line for the model card.
     """
 
@@ -43,8 +52,20 @@ class ModelConfig:
     arch: str = "unet"
     encoder: str | None = None
     checkpoint: str | None = None
-    train_steps: int = 300
+    train_steps: int | None = None
+    preprocessing: dict | None = None
     intended_use: str = ""
+    model: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def trains(self) -> bool:
+        """Whether the audit trains this model (neither a checkpoint nor an in-memory model)."""
+        return self.checkpoint is None and self.model is None
+
+    @property
+    def steps(self) -> int | None:
+        """The training budget (None for a model the audit does not train)."""
+        return (self.train_steps or TRAIN_STEPS) if self.trains else None
 
 
 @dataclass(frozen=True)
@@ -106,8 +127,15 @@ class AuditConfig:
                 raise SegauditError(f"'{key}' must hold positive batch sizes, got {list(getattr(self, key))}")
         for m in self.models:
             _check_model_name(m.name)
-            if m.train_steps < 1:
+            if m.checkpoint is not None and m.model is not None:
+                raise SegauditError(f"model {m.name!r}: give a checkpoint or an in-memory model, not both")
+            if m.train_steps is not None and not m.trains:
+                raise SegauditError(f"model {m.name!r}: 'train_steps' applies to models the audit trains; drop it "
+                                    "for a checkpoint (segaudit does not know how it was trained)")
+            if m.train_steps is not None and m.train_steps < 1:
                 raise SegauditError(f"model {m.name!r}: 'train_steps' must be at least 1, got {m.train_steps}")
+            if m.preprocessing is not None:
+                _check_preprocessing(m)
         for mode in self.modes:
             if mode not in ("fedsgd", "fedavg"):
                 raise SegauditError(f"unknown mode {mode!r} in 'modes'; use fedsgd and/or fedavg")
@@ -126,6 +154,9 @@ class AuditConfig:
         base = dict(attack_steps=60, batch_sizes=(1,), images=1, defenses=("none", "noise:0.01"),
                     tradeoff_train_steps=40, inference_updates=30, layer_attack_steps=8,
                     models=(ModelConfig(train_steps=60),))
+        if "models" in overrides:  # the quick budget also trains the models it names for fewer steps
+            overrides["models"] = tuple(dataclasses.replace(m, train_steps=m.train_steps or 60) if m.trains else m
+                                        for m in overrides["models"])
         return cls(**{**base, **overrides})
 
     @classmethod
@@ -157,12 +188,34 @@ class AuditConfig:
         return cls.from_dict(raw or {})
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values (lists, not tuples) that :meth:`from_dict` turns back into an equal config."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """Plain values (lists, not tuples) that :meth:`from_dict` turns back into an equal config (an in-memory
+        model is left out: see :attr:`ModelConfig.model`)."""
+        plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "models"}
+        plain["models"] = [{f.name: getattr(m, f.name) for f in dataclasses.fields(m) if f.name != "model"}
+                           for m in self.models]
+        return json.loads(json.dumps(plain))
+
+    def differences(self, other: "AuditConfig") -> list[str]:
+        """The keys whose values differ between this config and ``other`` (``models[0].checkpoint``, ``size``)."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        keys = [k for k in mine if k != "models" and mine[k] != theirs.get(k)]
+        if len(mine["models"]) != len(theirs["models"]):
+            return keys + ["models"]
+        return keys + [f"models[{i}].{k}" for i, (a, b) in enumerate(zip(mine["models"], theirs["models"]))
+                       for k in a if a[k] != b.get(k)]
 
     def digest(self) -> str:
         """A short hash of the config, recorded in the report for reproducibility."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _check_preprocessing(m: ModelConfig) -> None:
+    """A well-formed ``preprocessing`` (its channel count is checked against the model's when it is loaded)."""
+    from .preprocessing import Preprocessing
+
+    raw = m.preprocessing
+    channels = len(raw["mean"]) if isinstance(raw, dict) and isinstance(raw.get("mean"), list) else 1
+    Preprocessing.from_dict(raw, channels, f"model {m.name!r}: 'preprocessing'")
 
 
 def _check_model_name(name: str) -> None:
@@ -201,6 +254,8 @@ def _typed(f: dataclasses.Field, value: Any, key: str) -> Any:
         ok = isinstance(value, bool)
     elif kind.startswith("int"):
         ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind.startswith("dict"):
+        ok = isinstance(value, dict)
     elif kind.startswith("float"):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value

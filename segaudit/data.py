@@ -161,12 +161,23 @@ class Dataset:
         """The smallest image side in the dataset, in pixels."""
         return int(min(min(image.shape[:2]) for image in self.images))
 
+    def digest(self) -> str:
+        """A short hash of every image, mask, name and class name as read (what a result depends on)."""
+        import hashlib
+
+        h = hashlib.sha256(json.dumps([list(self.names), list(self.class_names)]).encode())
+        for image, mask in zip(self.images, self.masks):
+            for array in (image, mask):
+                h.update(str(array.shape).encode())
+                h.update(np.ascontiguousarray(array).tobytes())
+        return h.hexdigest()[:16]
+
     def check_channels(self, expected: int) -> None:
         """Refuse when the images do not have the ``expected`` channel count (the model's input channels)."""
         if self.channels != expected:
             where = f" (e.g. {self.files[0][0]})" if self.files else ""
             raise SegauditError(f"images have {_channels(self.channels)} but the model expects {expected}; "
-                                f"pass --in-channels {self.channels} or convert the images{where}")
+                                f"convert the images{where} or use a model built for {self.channels}")
 
 
 def load_dataset(name_or_dir: str | os.PathLike, classes: int | Sequence[str] | None = None,
@@ -199,7 +210,7 @@ def load_dataset(name_or_dir: str | os.PathLike, classes: int | Sequence[str] | 
         image = _image_to_unit(_read(image_path, image_rel, is_mask=False), image_rel)
         if channels is not None and image.shape[-1] != channels:
             raise SegauditError(f"images have {_channels(image.shape[-1])} but the model expects {channels}; "
-                                f"pass --in-channels {image.shape[-1]} or convert the images (e.g. {image_rel})")
+                                f"convert the images (e.g. {image_rel}) or use a model built for {image.shape[-1]}")
         images.append(image)
         masks.append(_mask_to_labels(_read(mask_path, mask_rel, is_mask=True), mask_rel))
         files.append((image_rel, mask_rel))

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from segaudit.errors import SegauditError
+from segaudit.preprocessing import SEGAUDIT_DEFAULT, Preprocessing
 
 __all__ = [
     "LayerGroup",
@@ -95,7 +96,8 @@ SPEC_FILE = "segaudit.json"
 SMP_CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
-_SPEC_KEYS = ("arch", "encoder", "in_channels", "classes", "activation", "task", "options", "dp_compatible")
+_SPEC_KEYS = ("arch", "encoder", "in_channels", "classes", "activation", "task", "options", "dp_compatible",
+              "preprocessing")
 # smp config keys that map onto our spec fields rather than onto options.
 _SMP_SPEC_KEYS = ("encoder_name", "encoder_weights", "in_channels", "classes", "activation")
 
@@ -335,6 +337,7 @@ def build_model(
     *,
     activation: str | None = None,
     encoder_weights: str | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> nn.Module:
     """Build a segmentation or classification model and record its spec on it.
@@ -352,6 +355,8 @@ def build_model(
         encoder_weights: smp pretrained encoder weights. ``None`` (default) never touches the network;
             a name such as ``"imagenet"`` downloads unless the weights are cached. Classification
             models take no pretrained weights: load trained ones with :func:`load_model`.
+        preprocessing: the input normalisation the model is trained with, ``{"mean", "std", "scale"}``
+            (see :mod:`segaudit.preprocessing`); default segaudit's own, ``(x - 0.5) / 0.5``.
         **options: JSON-able constructor options, e.g. ``decoder_channels=[128, 64, 32, 16, 8]``,
             ``encoder_depth=4`` (smp), ``head_activation="sigmoid"`` (smp's output ``activation``),
             ``size=28`` (LeNet).
@@ -389,6 +394,7 @@ def build_model(
         "activation": activation,
         "task": _task_of(name),
         "options": options,
+        "preprocessing": Preprocessing.from_dict(preprocessing or SEGAUDIT_DEFAULT, in_channels).to_dict(),
     }
     if activation == "sigmoid":
         _replace_relu_with_sigmoid(model)
@@ -424,6 +430,8 @@ def _build(spec: Mapping[str, Any], encoder_weights: str | None = None) -> nn.Mo
         from .privacy import make_private_model
 
         model = make_private_model(model)[0]
+    # what the spec says, and nothing when it says nothing: a checkpoint's normalisation is never assumed
+    _unwrap(model)[0].segaudit_spec["preprocessing"] = spec.get("preprocessing")
     return model
 
 
@@ -639,7 +647,14 @@ def _normalise_spec(spec: Any, source: str) -> dict[str, Any]:
         "encoder_weights": encoder_weights,
         # made trainable by Opacus (BatchNorm -> GroupNorm), see segaudit.privacy.make_private_model
         **({"dp_compatible": True} if spec.get("dp_compatible") else {}),
+        "preprocessing": _checked_preprocessing(spec.get("preprocessing"), spec.get("in_channels", 3), source),
     }
+
+
+def _checked_preprocessing(raw: Any, channels: int, source: str) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    return Preprocessing.from_dict(raw, _check_count("in_channels", channels), f"'preprocessing' in {source}").to_dict()
 
 
 def _spec_from_smp_config(config: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -662,6 +677,8 @@ def _spec_from_smp_config(config: Mapping[str, Any], source: str) -> dict[str, A
         "activation": "relu",
         "task": "segmentation",
         "options": _jsonable(options),
+        # smp's own loader ignores keys that start with "_": the preprocessing can live there
+        "preprocessing": _checked_preprocessing(config.get("_preprocessing"), config.get("in_channels", 3), source),
     }
 
 
@@ -1084,7 +1101,8 @@ def save_model(model: nn.Module, folder: str | Path) -> Path:
     return folder
 
 
-def load_model(path: str | Path, spec: Mapping[str, Any] | None = None) -> nn.Module:
+def load_model(path: str | Path, spec: Mapping[str, Any] | None = None,
+               preprocessing: Preprocessing | None = None) -> nn.Module:
     """Load a model from safe formats only; nothing in the files is executed.
 
     Accepted:
@@ -1102,6 +1120,8 @@ def load_model(path: str | Path, spec: Mapping[str, Any] | None = None) -> nn.Mo
     Args:
         path: folder or file.
         spec: overrides any spec found next to the weights (see :func:`build_from_spec`).
+        preprocessing: overrides the input normalisation the spec records (``--mean/--std/--scale``).
+            A spec that records none loads, but :func:`segaudit.preprocessing.of` then refuses to guess it.
 
     Returns:
         The model in eval mode, with ``model.segaudit_spec`` set.
@@ -1135,6 +1155,8 @@ def load_model(path: str | Path, spec: Mapping[str, Any] | None = None) -> nn.Mo
     state = _strip_wrapper_prefix(state, model.state_dict())
     _check_state_dict(model, state, path)
     model.load_state_dict(state, strict=True)
+    if preprocessing is not None:
+        model.segaudit_spec["preprocessing"] = preprocessing.to_dict()
     return model.eval()
 
 
@@ -1154,7 +1176,9 @@ def _read_folder(folder: Path) -> tuple[dict[str, Any] | None, dict[str, torch.T
             raise SegauditError(f"{config_path} has no _model_class: it is not an smp save_pretrained config")
         spec = _spec_from_smp_config(config, str(config_path))  # refuses classes outside the allow-list
     if spec_path.exists():
-        spec = _read_json(spec_path)
+        extra = _read_json(spec_path)
+        # a segaudit.json without 'arch' beside smp's config.json adds to it (e.g. only the preprocessing)
+        spec = {**spec, **extra} if spec is not None and isinstance(extra, Mapping) and "arch" not in extra else extra
     if spec is None:
         raise SegauditError(
             f"{folder} has neither {SMP_CONFIG_FILE} (smp save_pretrained) nor {SPEC_FILE} (segaudit save_model)"

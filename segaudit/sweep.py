@@ -33,11 +33,14 @@ def run(config, out: str | Path, *, executor: str = "local", max_parallel: int |
         address: a Ray cluster (``"auto"``, ``"HOST:6379"``, ``"ray://HOST:10001"``); none starts a local one.
         threads: torch threads per cell (default: cores / ``max_parallel`` locally, 1 on Ray).
         audit_kw: ``force``, ``redact``, ``progress``, ``command``, ``log`` of :func:`segaudit.audit.run`.
+
+    A sweep extends the grid of the store in ``out`` (``extend=True`` of :func:`segaudit.audit.run`): a rerun
+    with more seeds or batch sizes runs only the new cells; other data or another model is still refused.
     """
     from .audit import run as run_audit
 
     with make_executor(executor, max_parallel=max_parallel, address=address, threads=threads) as ex:
-        return run_audit(config, out, executor=ex, **audit_kw)
+        return run_audit(config, out, executor=ex, **{"extend": True, **audit_kw})
 
 
 def make_executor(name: str, *, max_parallel: int | None = None, address: str | None = None,

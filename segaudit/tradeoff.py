@@ -36,6 +36,7 @@ from .defenses import DEFENSES, Defense, parse_defense
 from .errors import SegauditError
 from .fl import trainable_params
 from .metrics import score
+from .preprocessing import normalisation
 from .progress import progress as _progress
 from .train import evaluate
 from .types import Prior
@@ -127,7 +128,7 @@ def train_defended(model: nn.Module, dataset: Dataset, defense: Defense, setting
         idx = rng.choice(train_idx, size=settings.train_batch_size,
                          replace=len(train_idx) < settings.train_batch_size).tolist()
         batch = make_batch(dataset, idx, size=settings.size, augment=True, seed=settings.seed * 1_000_003 + step,
-                           fit="crop")
+                           fit="crop", **normalisation(model))
         update = defense.client_update(global_model, batch, seed=settings.seed * 1_000_003 + step,
                                        loss=settings.loss, train_mode=True)
         scale = 1.0 if update.meta.mode == "fedsgd" else -1.0 / update.meta.lr
@@ -200,7 +201,7 @@ def attack_defended(model: nn.Module, dataset: Dataset, defense: Defense, settin
     """
     _, test_idx = split(dataset, holdout=settings.holdout, seed=settings.seed)
     idx = [test_idx[i % len(test_idx)] for i in range(settings.batch_size)]
-    batch = make_batch(dataset, idx, size=settings.size, fit="crop", seed=settings.seed)
+    batch = make_batch(dataset, idx, size=settings.size, fit="crop", seed=settings.seed, **normalisation(model))
     attack = attack or ("dropout" if defense.name == "dropout" else "seg")
     # Opacus records activations only in train mode; the DP model has GroupNorm, which ignores the mode
     train_mode = settings.client_mode == "train" or is_dp(defense)

@@ -13,6 +13,7 @@ from .data import Dataset, make_batch, split
 from .errors import SegauditError
 from .losses import task_loss
 from .metrics import segmentation_scores
+from .preprocessing import normalisation
 from .progress import progress as _progress
 
 
@@ -40,9 +41,9 @@ class TrainResult:
 def evaluate(model: nn.Module, dataset: Dataset, indices: list[int], size: int) -> dict[str, float]:
     """Mean per-image foreground Dice and IoU of ``model`` (eval mode) on ``indices`` at ``size`` px."""
     model.eval()
-    scores = []
+    scores, norm = [], normalisation(model)
     for i in indices:
-        batch = make_batch(dataset, [i], size=size)
+        batch = make_batch(dataset, [i], size=size, **norm)
         pred = model(batch.images).argmax(1)[0]
         scores.append(segmentation_scores(pred, batch.masks[0], batch.num_classes))
     return {k: float(np.mean([s[k] for s in scores])) for k in ("dice", "iou")}
@@ -91,12 +92,13 @@ def run_training(model: nn.Module, dataset: Dataset, train_idx: list[int], test_
     losses: list[float] = []
     start = time.perf_counter()
     model.train()
-    batches = iter(batches)
+    batches, norm = iter(batches), normalisation(model)
     for step in _progress(range(steps), "train", enabled=progress):
         idx = next(batches)
         optimizer.zero_grad()
         if idx:
-            batch = make_batch(dataset, idx, size=size, augment=True, seed=seed * 1_000_003 + step, fit="crop")
+            batch = make_batch(dataset, idx, size=size, augment=True, seed=seed * 1_000_003 + step, fit="crop",
+                               **norm)
             value = task_loss(model(batch.images), batch.masks, loss)
             value.backward()
             losses.append(value.item())

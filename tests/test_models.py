@@ -347,9 +347,38 @@ def test_spec_is_json_and_rebuilds_the_same_network():
     assert spec == {
         "arch": "unet", "encoder": "resnet18", "in_channels": 1, "classes": 4, "activation": "sigmoid",
         "task": "segmentation", "options": {"decoder_channels": [64, 32, 16, 8, 8]},
+        "preprocessing": {"mean": [0.5], "std": [0.5], "scale": 1.0},  # segaudit's own, recorded
     }
     rebuilt = M.build_from_spec(spec)
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert M.model_spec(rebuilt) == spec  # the preprocessing travels with the spec
+
+
+def test_preprocessing_is_recorded_never_assumed(tmp_path):
+    """A checkpoint that records no normalisation loads, but nothing computes on it until one is given."""
+    from segaudit.preprocessing import Preprocessing, normalisation, of
+
+    model = M.build_model("unet", in_channels=3, classes=2, preprocessing={"mean": [123.7, 116.3, 103.5],
+                                                                            "std": [58.4, 57.1, 57.4], "scale": 255})
+    assert normalisation(model)["mean"] == pytest.approx((0.485, 0.456, 0.406), abs=1e-3)
+    model.save_pretrained(tmp_path / "smp")  # smp's own format: config.json holds no preprocessing
+    loaded = M.load_model(tmp_path / "smp")
+    with pytest.raises(SegauditError, match=r"^the model x does not say how its inputs were normalised, and segaudit "
+                                            r"never assumes it: give --mean and --std"):
+        of(loaded, source="x")
+    given = M.load_model(tmp_path / "smp", preprocessing=Preprocessing.parse("0", "1", channels=3))
+    assert normalisation(given) == {"mean": (0.0,) * 3, "std": (1.0,) * 3}
+    config = json.loads((tmp_path / "smp" / "config.json").read_text())
+    (tmp_path / "smp" / "config.json").write_text(json.dumps({**config, "_preprocessing": {"mean": 0, "std": 1}}))
+    assert of(M.load_model(tmp_path / "smp")).std == (1.0, 1.0, 1.0)  # smp's loader ignores "_" keys
+    with pytest.raises(SegauditError, match=r"scale must be 1 \(pixel values in \[0, 1\]\) or 255"):
+        Preprocessing.parse("0", "1", 100, channels=3)
+    with pytest.raises(SegauditError, match="mean has 2 values but the model takes 3 channels"):
+        Preprocessing.parse("0,0", "1", channels=3)
+    with pytest.raises(SegauditError, match="std must be positive"):
+        Preprocessing.parse("0", "0", channels=1)
+    with pytest.raises(SegauditError, match="give --mean and --std together"):
+        Preprocessing.parse("0", None, channels=1)
 
 
 @pytest.mark.parametrize("arch", ["unet", "deeplabv3plus", "lenet", "resnet18"])

@@ -115,7 +115,7 @@ def test_rerun_skips_finished_cells_and_retries_only_what_is_missing(runs):
     # everything finished: a rerun starts no worker at all
     idle = sweep.LocalExecutor(max_parallel=2)
     with idle:
-        audit.run(grid(models=(UNET,)), out, progress=False, executor=idle)
+        audit.run(grid(models=(UNET,)), out, progress=False, executor=idle, extend=True)
         assert idle._pool is None
 
 

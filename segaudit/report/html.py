@@ -159,10 +159,21 @@ def _models(results: dict) -> list[dict]:
     for m in _dicts(results.get("models")):
         trained = _dict(m.get("trained"))
         classes = m.get("class_names") or _dict(results.get("data")).get("classes")
+        prep = _dict(m.get("preprocessing"))
         out.append({**m, "trained": trained,
                     "class_names": [str(c) for c in classes] if isinstance(classes, list) else [],
-                    "heldout_dice": num(trained.get("heldout_dice")), "heldout_iou": num(trained.get("heldout_iou"))})
+                    "dice": num(trained.get("dice")), "iou": num(trained.get("iou")),
+                    "evaluated_on": str(trained.get("evaluated_on") or ""), "eval_images": num(trained.get("images")),
+                    "preprocessing": _describe_preprocessing(prep) if prep else None})
     return out
+
+
+def _describe_preprocessing(prep: dict) -> str:
+    def values(key):
+        v = prep.get(key)
+        return ", ".join(f"{x:g}" for x in v if num(x) is not None) if isinstance(v, list) else str(v)
+    scale = num(prep.get("scale")) or 1.0
+    return f"(v − [{values('mean')}]) / [{values('std')}], pixel values v in [0, {scale:g}]"
 
 
 def _threat(config: dict, runs: list[dict], results: dict) -> dict:
@@ -306,6 +317,10 @@ def _repro(results: dict, config: dict) -> dict:
     return {"versions": {str(k): str(v) for k, v in versions.items()},
             "segaudit_version": results.get("segaudit_version"), "config_hash": results.get("config_hash"),
             "seeds": config.get("seeds", config.get("seed")), "command": results.get("command"),
+            "data_hash": _dict(results.get("data")).get("data_hash"),
+            "model_hashes": {str(m.get("name")): str(m["model_hash"]) for m in _dicts(results.get("models"))
+                             if m.get("model_hash")},
+            "threads": ", ".join(str(t) for t in results.get("threads") or []),
             "created": results.get("created"), "schema": results.get("schema"),
             "config_json": _compact_json(config) if config else None}
 
