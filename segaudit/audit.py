@@ -35,6 +35,8 @@ class AuditResult:
     out: Path
     report: Path | None
     cells: dict[str, int] = field(default_factory=dict)  # planned, run (now), failed, left_out (model not trained)
+    nothing_worked: bool = False  # every cell after training failed: the report rates nothing
+
 
     @property
     def risk(self) -> str | None:
@@ -87,6 +89,7 @@ def run(config: AuditConfig, out: str | Path, *, force: bool = False, redact: bo
             for name, model in in_memory.items():
                 save_model(model, model_folder(out, name))
             results, counts = _run_cells(config, data, fingerprint, out, store, executor, progress, command, log)
+            stage2 = [r for r in store.runs() if r["kind"] != "train" and r["key"] in set(store.meta()["planned"])]
         finally:
             store.close()
     except BaseException:
@@ -101,7 +104,7 @@ def run(config: AuditConfig, out: str | Path, *, force: bool = False, redact: bo
         write_html = None
     if write_html is not None:
         report = write_html(results, out / "report.html", base_dir=out, redact=redact)
-    return AuditResult(results, out, report, counts)
+    return AuditResult(results, out, report, counts, nothing_worked=bool(stage2) and not any(map(_ok, stage2)))
 
 
 def _run_cells(config: AuditConfig, data, fingerprint: dict, out: Path, store: ResultsStore, executor, progress: bool,
@@ -399,8 +402,12 @@ def execute(executor, cells: list[Cell], job: Job, store: ResultsStore, out: Pat
         save_outcome(done, store, out)
         if done["result"]["status"] != "ok":
             failed += 1
-            log(f"{done['kind']} {done['settings']}: failed: {done['result']['error']}")
+            shown = ", ".join(f"{k} {v}" for k, v in done["settings"].items() if k not in _CONTEXT and v is not None)
+            log(f"{done['kind']} ({shown}) failed: {done['result']['error']}")
     return failed
+
+
+_CONTEXT = ("data", "classes", "data_hash", "model_hash", "lr")  # in every key, left out of messages
 
 
 def save_outcome(done: dict, store: ResultsStore, out: Path) -> None:

@@ -424,8 +424,7 @@ def cmd_audit(args) -> int:
     result = audit.run(config, args.out, force=args.force, redact=args.redact, progress=not args.quiet,
                        command=_command(args), log=lambda m: print(m, file=sys.stderr))
     where = result.report or result.out / "results.json"
-    n = result.cells
-    if n["planned"] and n["failed"] >= n["planned"] - n["left_out"]:
+    if result.nothing_worked:
         raise SegauditError(f"every cell of the audit failed (see {where}); fix the first error above and rerun")
     print(f"audit {config.name!r}: risk {result.risk or 'not rated'} -> {where}")
     return 0

@@ -620,3 +620,21 @@ def test_layers_records_its_threads(tmp_path, capsys, model2, data2):
     ok(capsys, "layers", "--model", model2, "--data", data2, "--size", "32", "--steps", "1", "--out", tmp_path / "l",
        *THREADS)
     assert read(tmp_path / "l" / "layers.json")["threads"] == 1
+
+
+def test_an_audit_whose_every_cell_failed_exits_2(tmp_path, capsys, model2, data2, monkeypatch):
+    """Finding 4: an audit with every cell failed must not exit 0 with the risk 'unknown'."""
+    def broken(*_):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(audit._WORK, "attack", broken)
+    out = tmp_path / "a"
+    capsys.readouterr()
+    assert cli("audit", "--model", model2, "--data", data2, *TINY_AUDIT, "--out", out) == 2
+    log = capsys.readouterr().err.strip().splitlines()
+    assert log[-2:] == ["attack (model model, attack seg, defense none, mode fedsgd, batch_size 1, local_steps 1, seed 0, "
+                        "image 0, steps 1, restarts 1, client_mode eval, size 32) failed: RuntimeError: boom",
+                        f"error: every cell of the audit failed (see {out / 'report.html'}); fix the first error above "
+                        "and rerun"]
+    runs = read(out / "results.json")["runs"]
+    assert [r["error"] for r in runs] == ["RuntimeError: boom"]

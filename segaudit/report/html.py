@@ -209,8 +209,10 @@ def _grids(runs: list[dict], base_dir, redact: bool) -> dict:
             notes.append(f"{rel}: {why}; not shown")
             continue
         m = _dict(run.get("metrics"))
+        names = run.get("images")
         images.append({"uri": uri, "run": run, "psnr": num(m.get("psnr")), "ssim": num(m.get("ssim")),
-                       "mask_dice": num(m.get("mask_dice"))})
+                       "mask_dice": num(m.get("mask_dice")),
+                       "names": [str(n) for n in names] if isinstance(names, list) else []})
     return {"images": images, "notes": notes, "listed": len(listed)}
 
 
