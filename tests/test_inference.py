@@ -1,16 +1,20 @@
-"""Inference attacks: composition (known answer), property and membership, AUC, contract, bad inputs, CLI."""
+"""Inference attacks: composition (known answer), property and membership, AUC, contract, bad inputs, CLI,
+streaming (bounded live updates, same result as a materialised list)."""
+import copy
 import dataclasses
 import inspect
 import json
+import weakref
 
 import numpy as np
 import pytest
 import torch
 
 from segaudit.attacks.inference import (INFERENCE, Case, CompositionAttack, PropertySpec, crop_pool, roc_scores,
-                                        run_inference, simulate)
+                                        run_inference, simulate, stream)
 from segaudit.cli import main
 from segaudit.data import load_dataset
+from segaudit.defenses import Defense
 from segaudit.errors import SegauditError
 from segaudit.models import build_model
 
@@ -77,7 +81,11 @@ def test_attacks_see_only_the_update_the_prior_and_the_candidate():
     """Contract: a target case carries no truth, and every attack predicts from (model, case) alone."""
     assert [f.name for f in dataclasses.fields(Case)] == ["update", "prior", "candidate"]
     for name in INFERENCE.available():
-        assert list(inspect.signature(INFERENCE.get(name).predict).parameters) == ["self", "model", "case"]
+        cls = INFERENCE.get(name)
+        assert list(inspect.signature(cls.predict).parameters) == ["self", "model", "case"]
+        # streamed: only features() reads a case; fitting and predicting see feature vectors (and shadow truth)
+        assert list(inspect.signature(cls.features).parameters) == ["self", "model", "case"]
+        assert list(inspect.signature(cls.predict_features).parameters) == ["self", "features"]
 
 
 @pytest.mark.parametrize("attack", ["composition", "property", "membership"])
@@ -149,3 +157,83 @@ def test_calibration_uses_the_shadow_truth_only(nuclei):
     attack = CompositionAttack().fit(model, shadow, pool)
     errors = [float((attack.predict(model, c)["composition"] - t.composition).abs().mean()) for c, t in shadow]
     assert np.mean(errors) < 0.01
+
+
+class CountingDefense(Defense):
+    """No change to the update; records how many of the updates it made before are still alive."""
+
+    name = "none"
+
+    def __init__(self):
+        self.made, self.most_alive = [], 0
+
+    def params(self):
+        return {}
+
+    def client_update(self, model, batch, *, seed=0, **protocol):
+        update = super().client_update(model, batch, seed=seed, **protocol)
+        self.made.append(weakref.ref(update))
+        self.most_alive = max(self.most_alive, sum(r() is not None for r in self.made))
+        return update
+
+
+@pytest.mark.parametrize("attack", ["composition", "property", "membership"])
+def test_run_inference_holds_one_update_at_a_time(nuclei, attack):
+    """Updates are featurised and dropped as they are made: the live ones do not grow with ``updates``
+    (keeping every (Case, Truth) held 2 x updates full gradients and ran out of memory at 200)."""
+    defense = CountingDefense()
+    prop = None if attack == "membership" else "nucleus>0.2"
+    result = run_inference(tiny_unet(), nuclei, attack, prop=prop, batch_size=2, updates=6, size=32,
+                           crops_per_image=2, train_mode=False, defense=defense)
+    assert len(defense.made) == 12 and result.settings["shadow_updates"] == 6
+    assert defense.most_alive == 1, defense.most_alive
+    assert all(r() is None for r in defense.made)
+
+
+def test_stream_checks_at_once_and_makes_updates_lazily(nuclei):
+    pool = crop_pool(nuclei, list(range(4)), 32, 2, seed=0)
+    with pytest.raises(SegauditError, match="at least 1"):
+        stream(tiny_unet(), pool, 0, 2)  # raised before any iteration
+    defense = CountingDefense()
+    updates = stream(tiny_unet(), pool, 3, 2, defense=defense)
+    assert defense.made == []
+    next(updates)
+    assert len(defense.made) == 1
+
+
+def _materialised(model, dataset, attack, prop, batch_size, updates, size, crops_per_image, seed=0, **protocol):
+    """run_inference as it was before streaming: every update kept in lists, ``fit`` and ``predict`` on them."""
+    spec = PropertySpec.parse(prop, dataset.class_names) if prop else None
+    everything = list(range(len(dataset)))  # the bundled data is split by crops
+    public = crop_pool(dataset, everything, size, crops_per_image, seed + 1)
+    reference = crop_pool(dataset, everything, size, crops_per_image, seed + 3)
+    private = crop_pool(dataset, everything, size, crops_per_image, seed + 2)
+    if spec is not None and spec.threshold is None:
+        spec = spec.at_median(reference, batch_size, seed)
+    question = "membership" if attack == "membership" else ("property" if spec else "none")
+    common = dict(question=question, prop=spec, **protocol)
+    targets = simulate(model, private, updates, batch_size, seed=seed + 10_000, **common)
+    shadow = simulate(model, public, updates, batch_size, seed=seed + 20_000, **common)
+    attacker_model = copy.deepcopy(model)
+    inference = INFERENCE.get(attack)(spec).fit(attacker_model, shadow, reference)
+    return [inference.predict(attacker_model, c) for c, _ in targets], [t for _, t in targets]
+
+
+@pytest.mark.parametrize("attack, prop, protocol", [
+    ("composition", "nucleus>median", dict(train_mode=True)),
+    ("composition", None, dict(mode="fedavg", local_steps=2, lr=0.05)),
+    ("property", "nucleus>median", dict(train_mode=False)),
+    ("membership", None, dict(train_mode=False)),
+])
+def test_streaming_gives_the_result_of_a_materialised_list(nuclei, attack, prop, protocol):
+    settings = dict(batch_size=2, updates=6, size=32, crops_per_image=2, **protocol)
+    result = run_inference(tiny_unet(), nuclei, attack, prop=prop, **settings)
+    predictions, truths = _materialised(tiny_unet(), nuclei, attack, prop, **settings)
+    if truths[0].label is not None:
+        assert result.labels == [t.label for t in truths]
+        assert result.scores == [p["score"] for p in predictions]
+    if attack == "composition":
+        errors = [float((p["composition"] - t.composition).abs().mean()) for p, t in zip(predictions, truths)]
+        assert result.composition_mae == pytest.approx(np.mean(errors), abs=1e-12)
+        analytic = [float((p["composition_analytic"] - t.composition).abs().mean()) for p, t in zip(predictions, truths)]
+        assert result.composition_mae_analytic == pytest.approx(np.mean(analytic), abs=1e-12)

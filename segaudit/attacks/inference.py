@@ -6,6 +6,10 @@ client batches are drawn from each half; every client computes its update (optio
 An :class:`InferenceAttack` is fitted on the shadow updates, whose truth the attacker knows (it made them),
 then predicts each target update from a :class:`Case` — the update, the public prior and, for membership,
 the candidate image — never from the target batch. Scores are compared with the truth afterwards.
+
+Updates are streamed (:func:`stream`): each one is turned into the attack's feature vector
+(:meth:`InferenceAttack.features`) as soon as it is simulated and then dropped, so memory does not grow
+with the number of updates (a U-Net-resnet18 update is ~57 MB). Only the features and the truth are kept.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +28,7 @@ from ..defenses import Defense, NoDefense
 from ..errors import SegauditError
 from ..fl import trainable_params
 from ..losses import task_loss
+from ..preprocessing import normalisation
 from ..registry import Registry
 from ..types import Batch, ClientUpdate, Prior
 from .recovery import head_bias_name, mean_bias_gradient, mean_softmax
@@ -126,18 +132,24 @@ class Truth:
     label: bool | None = None
 
 
-def crop_pool(dataset, indices: list[int], size: int, crops_per_image: int, seed: int) -> Batch:
-    """``len(indices) * crops_per_image`` random, augmented ``size`` px crops of ``indices`` (the pool clients draw from)."""
+def crop_pool(dataset, indices: list[int], size: int, crops_per_image: int, seed: int, **norm) -> Batch:
+    """``len(indices) * crops_per_image`` random, augmented ``size`` px crops of ``indices`` (the pool clients draw from),
+    normalised with ``norm`` (``mean``/``std`` of :func:`segaudit.data.make_batch`; see
+    :func:`segaudit.preprocessing.normalisation`)."""
     from ..data import make_batch
 
     picks = [i for i in indices for _ in range(crops_per_image)]
-    return make_batch(dataset, picks, size=size, fit="crop", augment=True, seed=seed, foreground=0.5)
+    return make_batch(dataset, picks, size=size, fit="crop", augment=True, seed=seed, foreground=0.5, **norm)
 
 
-def simulate(model: nn.Module, pool: Batch, count: int, batch_size: int, *, question: str = "none",
-             prop: PropertySpec | None = None, defense: Defense | None = None, seed: int = 0,
-             show_progress: bool = False, **protocol) -> list[tuple[Case, Truth]]:
-    """``count`` client updates on batches drawn from ``pool``, each with its truth.
+def stream(model: nn.Module, pool: Batch, count: int, batch_size: int, *, question: str = "none",
+           prop: PropertySpec | None = None, defense: Defense | None = None, seed: int = 0,
+           show_progress: bool = False, desc: str = "client updates", **protocol) -> Iterator[tuple[Case, Truth]]:
+    """``count`` client updates on batches drawn from ``pool``, each with its truth, made one at a time.
+
+    The arguments are checked at once; each update is computed only when the iterator is advanced, and the
+    iterator keeps no reference to it afterwards: a consumer that drops each :class:`Case` once it has read
+    it holds one update at a time.
 
     Args:
         question: ``"none"`` (random batches), ``"property"`` (half the batches have ``prop``) or
@@ -145,10 +157,8 @@ def simulate(model: nn.Module, pool: Batch, count: int, batch_size: int, *, ques
         protocol: passed to the client, e.g. ``mode``, ``local_steps``, ``lr``, ``train_mode``.
 
     Returns:
-        ``[(Case, Truth)]``; the labels alternate True/False so both kinds are equally many.
+        An iterator of ``(Case, Truth)``; the labels alternate True/False so both kinds are equally many.
     """
-    from ..progress import progress
-
     if count < 1:
         raise SegauditError(f"the number of updates must be at least 1, got {count}")
     n = len(pool)
@@ -158,16 +168,28 @@ def simulate(model: nn.Module, pool: Batch, count: int, batch_size: int, *, ques
     defense = defense or NoDefense()
     rng = np.random.default_rng(seed)
     chooser = _batch_chooser(pool, batch_size, question, prop, rng)
-    out = []
-    for i in progress(range(count), desc="client updates", enabled=show_progress):
+    return _stream(model, pool, count, batch_size, question, chooser, defense, seed, show_progress, desc, protocol)
+
+
+def _stream(model, pool, count, batch_size, question, chooser, defense, seed, show_progress, desc, protocol):
+    from ..progress import progress
+
+    for i in progress(range(count), desc=desc, enabled=show_progress):
         label = bool(i % 2 == 0) if question != "none" else None
         picks, candidate = chooser(label)
         batch = pool.subset(picks)
         update = defense.client_update(model, batch, seed=seed + i, **protocol)
         truth = torch.bincount(batch.masks.flatten(), minlength=pool.num_classes).double() / batch.masks.numel()
         cand = pool.subset([candidate]) if candidate is not None else None
-        out.append((Case(update, Prior.from_batch_shape(batch), cand), Truth(truth.float(), label)))
-    return out
+        case = Case(update, Prior.from_batch_shape(batch), cand)
+        del update, batch  # the case is the only reference this generator holds while suspended
+        yield case, Truth(truth.float(), label)
+        del case
+
+
+def simulate(model: nn.Module, pool: Batch, count: int, batch_size: int, **kwargs) -> list[tuple[Case, Truth]]:
+    """:func:`stream` as a list: every update is kept (memory grows with ``count``; for tests and small runs)."""
+    return list(stream(model, pool, count, batch_size, **kwargs))
 
 
 def _batch_chooser(pool: Batch, b: int, question: str, prop: PropertySpec | None, rng: np.random.Generator):
@@ -210,25 +232,56 @@ def _batch_chooser(pool: Batch, b: int, question: str, prop: PropertySpec | None
 
 
 SPLIT_BY_IMAGE = 48  # images needed to give the attacker and the clients disjoint images (12+ per quarter)
+REFERENCE_CHUNK = 16  # reference images per backward pass when averaging gradients over them (bounds activations)
 
 
 # -- the attacks -----------------------------------------------------------------------------------------------
 
 class InferenceAttack(ABC):
-    """Fitted on shadow updates (truth known to the attacker), then scores target cases one by one."""
+    """Fitted on shadow updates (truth known to the attacker), then scores target cases one by one.
+
+    The attack works on one update at a time, so updates can be streamed and dropped:
+
+    1. :meth:`prepare` ``(model, reference, case)``: the state that does not depend on shadow updates (e.g.
+       the model's mean softmax or mean gradient on the attacker's reference images); ``case`` is any one
+       update, for its tensor names and protocol.
+    2. :meth:`features` ``(model, case) -> [F]``: the feature vector of one update.
+    3. :meth:`fit_features` ``(features [S,F], truths)``: learn from the shadow updates' features.
+    4. :meth:`predict_features` ``(features [F]) -> dict``: score one target update's features.
+
+    :meth:`fit` and :meth:`predict` do the same on a materialised list of cases.
+    """
 
     question = "property"  # which truth the attack's score predicts: "property" or "membership"
 
     def __init__(self, prop: PropertySpec | None = None):
         self.prop = prop
 
-    def fit(self, model: nn.Module, shadow: list[tuple[Case, Truth]], public: Batch) -> "InferenceAttack":
-        """Learn from the attacker's own simulated updates ``shadow`` made from its images ``public``."""
+    def prepare(self, model: nn.Module, reference: Batch, case: Case) -> "InferenceAttack":
+        """Set up what does not depend on the shadow updates, from the attacker's ``reference`` images."""
         return self
 
     @abstractmethod
+    def features(self, model: nn.Module, case: Case) -> np.ndarray:
+        """The feature vector ``[F]`` of one case (after :meth:`prepare`)."""
+
+    def fit_features(self, features: np.ndarray, truths: Sequence[Truth]) -> "InferenceAttack":
+        """Learn from the shadow updates' ``features`` ``[S,F]`` and their ``truths``."""
+        return self
+
+    @abstractmethod
+    def predict_features(self, features: np.ndarray) -> dict:
+        """``{"score": float (higher = more likely True), "composition": [K] or absent}`` for one feature vector."""
+
+    def fit(self, model: nn.Module, shadow: list[tuple[Case, Truth]], public: Batch) -> "InferenceAttack":
+        """Learn from the attacker's own simulated updates ``shadow`` (a materialised list); ``public``: its
+        reference images for :meth:`prepare`. Same result as streaming them through :meth:`features`."""
+        self.prepare(model, public, shadow[0][0])
+        return self.fit_features(np.stack([self.features(model, c) for c, _ in shadow]), [t for _, t in shadow])
+
     def predict(self, model: nn.Module, case: Case) -> dict:
         """``{"score": float (higher = more likely True), "composition": [K] or absent}`` for one case."""
+        return self.predict_features(self.features(model, case))
 
 
 INFERENCE: Registry[InferenceAttack] = Registry("inference attack")
@@ -247,18 +300,27 @@ class CompositionAttack(InferenceAttack):
     """Per-class pixel shares from the head bias gradient (``mean softmax - g``), then a linear calibration.
 
     Analytic: the mean softmax of the client's batch is stood in for by the model's mean softmax on the
-    attacker's shadow images. Calibrated: a least-squares map ``[analytic shares, g] -> true shares``
+    attacker's reference images. Calibrated: a least-squares map ``[analytic shares, g] -> true shares``
     fitted on the shadow updates, which absorbs the bias of trained models and FedAvg weight drift.
     The map is kept only if it beats the analytic shares in 5-fold cross-validation on the shadow updates.
     The property score is the calibrated share of the property's class.
     """
 
-    def fit(self, model, shadow, public):
-        case = shadow[0][0]
+    def prepare(self, model, reference, case):
         self._bias = head_bias_name(model, case.update, case.prior.num_classes)
-        self._softmax = mean_softmax(model, public.images, case.update.meta.train_mode)
-        x = np.stack([self._features(c) for c, _ in shadow])
-        y = np.stack([t.composition.double().numpy() for _, t in shadow])
+        self._softmax = mean_softmax(model, reference.images, case.update.meta.train_mode)
+        return self
+
+    def features(self, model, case):
+        pixels = case.prior.image_shape[1] * case.prior.image_shape[2]
+        g = mean_bias_gradient(case.update, self._bias, pixels)
+        analytic = (self._softmax - g).clamp_min(0)
+        analytic = analytic / analytic.sum().clamp_min(1e-12)
+        return np.concatenate([analytic.numpy(), g.numpy()])
+
+    def fit_features(self, features, truths):
+        x = np.asarray(features)
+        y = np.stack([t.composition.double().numpy() for t in truths])
         design = np.hstack([x, np.ones((len(x), 1))])
         k = y.shape[1]
         identity = np.vstack([np.eye(k), np.zeros((k + 1, k))])  # calibrated = analytic
@@ -271,16 +333,9 @@ class CompositionAttack(InferenceAttack):
         self._coef = fitted if fitted_err and np.mean(fitted_err) < analytic_err else identity
         return self
 
-    def _features(self, case: Case) -> np.ndarray:
-        pixels = case.prior.image_shape[1] * case.prior.image_shape[2]
-        g = mean_bias_gradient(case.update, self._bias, pixels)
-        analytic = (self._softmax - g).clamp_min(0)
-        analytic = analytic / analytic.sum().clamp_min(1e-12)
-        return np.concatenate([analytic.numpy(), g.numpy()])
-
-    def predict(self, model, case):
-        f = self._features(case)
-        k = case.prior.num_classes
+    def predict_features(self, features):
+        f = np.asarray(features)
+        k = len(self._softmax)
         calibrated = np.clip(np.append(f, 1.0) @ self._coef, 0, None)
         calibrated = calibrated / max(calibrated.sum(), 1e-12)
         score = float(calibrated[self.prop.cls]) if self.prop else math.nan
@@ -305,20 +360,22 @@ class PropertyAttack(InferenceAttack):
     """Shadow-model property inference: a logistic regression on :func:`update_features`, trained on the
     attacker's updates with and without the property (Melis et al. 2019 style, for segmentation batches)."""
 
-    def fit(self, model, shadow, public):
+    def features(self, model, case):
+        return update_features(case.update)
+
+    def fit_features(self, features, truths):
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        labels = [t.label for _, t in shadow]
+        labels = [t.label for t in truths]
         if len(set(labels)) < 2:
             raise SegauditError("the shadow updates hold only one kind of batch; give more updates")
-        x = np.stack([update_features(c.update) for c, _ in shadow])
-        self._clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)).fit(x, labels)
+        self._clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)).fit(features, labels)
         return self
 
-    def predict(self, model, case):
-        return {"score": float(self._clf.predict_proba(update_features(case.update)[None])[0, 1])}
+    def predict_features(self, features):
+        return {"score": float(self._clf.predict_proba(np.asarray(features)[None])[0, 1])}
 
 
 @INFERENCE.register("membership")
@@ -331,15 +388,32 @@ class MembershipAttack(InferenceAttack):
 
     question = "membership"
 
-    def fit(self, model, shadow, public):
+    def prepare(self, model, reference, case):
+        self._centre = self._mean_gradient(model, reference)
+        return self
+
+    @staticmethod
+    def _mean_gradient(model, batch: Batch, chunk: int = REFERENCE_CHUNK) -> dict[str, torch.Tensor]:
+        """The eval-mode gradient of the mean cross-entropy over ``batch``, ``chunk`` images per backward pass:
+        the same gradient as one pass over the whole batch (up to float rounding), without holding the
+        activations of every reference image at once (256 crops at 64 px: ~1.4 GB for a U-Net-resnet18)."""
+        model.eval()
+        params = trainable_params(model)
+        total = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in params.items()}
+        for start in range(0, len(batch), chunk):
+            part = batch.subset(slice(start, start + chunk))
+            value = task_loss(model(part.images), part.masks, "ce", "sum")
+            for name, g in zip(params, torch.autograd.grad(value, list(params.values()))):
+                total[name] += g.double()
+        return {name: (t / batch.masks.numel()).to(params[name].dtype) for name, t in total.items()}
+
+    def fit_features(self, features, truths):
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        self._centre = self._gradient(model, public, ("ce", "mean"))
-        x = np.stack([self._features(model, c) for c, _ in shadow])
         self._clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-        self._clf.fit(x, [t.label for _, t in shadow])
+        self._clf.fit(features, [t.label for t in truths])
         return self
 
     @staticmethod
@@ -349,7 +423,7 @@ class MembershipAttack(InferenceAttack):
         value = task_loss(model(batch.images), batch.masks, *loss)
         return dict(zip(params, torch.autograd.grad(value, list(params.values()))))
 
-    def _features(self, model, case: Case) -> np.ndarray:
+    def features(self, model, case):
         if case.candidate is None:
             raise SegauditError("the membership attack needs a candidate image")
         own = self._gradient(model, case.candidate, (case.update.meta.loss, case.update.meta.reduction))
@@ -358,8 +432,8 @@ class MembershipAttack(InferenceAttack):
             (g - self._centre[k]).flatten().double(), (shared[k] - self._centre[k]).flatten().double(), dim=0))
             for k, g in own.items()])
 
-    def predict(self, model, case):
-        return {"score": float(self._clf.predict_proba(self._features(model, case)[None])[0, 1])}
+    def predict_features(self, features):
+        return {"score": float(self._clf.predict_proba(np.asarray(features)[None])[0, 1])}
 
 
 # -- the experiment ----------------------------------------------------------------------------------------------
@@ -482,32 +556,50 @@ def run_inference(model: nn.Module, dataset, attack: str = "composition", *, pro
     common = dict(question=question, prop=spec, defense=defense, show_progress=show_progress, **protocol)
     # the attacker's own crops: some make its shadow updates, others its reference (mean softmax, mean
     # gradient), so shadow candidates are never part of the reference, just as target candidates are not
-    public = crop_pool(dataset, simulation_idx, size, crops_per_image, seed + 1)
-    reference = crop_pool(dataset, reference_idx, size, crops_per_image, seed + 3)
-    private = crop_pool(dataset, target_idx, size, crops_per_image, seed + 2)
+    norm = normalisation(model)  # the clients' images, and the attacker's, as the model was trained
+    public = crop_pool(dataset, simulation_idx, size, crops_per_image, seed + 1, **norm)
+    reference = crop_pool(dataset, reference_idx, size, crops_per_image, seed + 3, **norm)
+    private = crop_pool(dataset, target_idx, size, crops_per_image, seed + 2, **norm)
     if spec is not None and spec.threshold is None:
         spec = spec.at_median(reference, batch_size, seed)
         common["prop"] = spec
-    targets = simulate(model, private, updates, batch_size, seed=seed + 10_000, **common)
-    shadow = simulate(model, public, shadow_updates or updates, batch_size, seed=seed + 20_000, **common)
+    # Updates are streamed: each is featurised as soon as it is made and dropped (see the module docstring).
+    # Shadow first (the attacker fits before it sees a target); each stream draws from its own seeded
+    # generator, so the order of the two streams does not change any update.
     attacker_model = copy.deepcopy(model)
-    inference = attacker(spec).fit(attacker_model, shadow, reference)
-    predictions = [inference.predict(attacker_model, case) for case, _ in targets]
+    inference = attacker(spec)
+    shadow_x, shadow_truths = [], []
+    for case, truth in stream(model, public, shadow_updates or updates, batch_size, seed=seed + 20_000,
+                              desc="shadow updates", **common):
+        if not shadow_x:
+            inference.prepare(attacker_model, reference, case)
+        shadow_x.append(inference.features(attacker_model, case))
+        shadow_truths.append(truth)
+        del case
+    inference.fit_features(np.stack(shadow_x), shadow_truths)
+    predictions, truths, meta = [], [], None
+    for case, truth in stream(model, private, updates, batch_size, seed=seed + 10_000, desc="target updates",
+                              **common):
+        if meta is None:
+            meta = case.update.meta  # the protocol and defense, for the result (not the tensors)
+        predictions.append(inference.predict_features(inference.features(attacker_model, case)))
+        truths.append(truth)
+        del case
 
     result = InferenceResult(attack, batch_size, updates, spec.text if spec else None,
-                             targets[0][0].update.meta.defense or {"name": "none"},
-                             {"size": size, "shadow_updates": len(shadow), "seed": seed,
+                             meta.defense or {"name": "none"},
+                             {"size": size, "shadow_updates": len(shadow_truths), "seed": seed,
                               "data_split": "images" if len(dataset) >= SPLIT_BY_IMAGE else "crops",
                               **{k: v for k, v in protocol.items()}})
-    labels = [t.label for _, t in targets]
+    labels = [t.label for t in truths]
     if labels[0] is not None:
         result.scores, result.labels = [p["score"] for p in predictions], labels
         result.auc, result.tpr_at_1pct_fpr = roc_scores(labels, result.scores)
         result.auc_ci = bootstrap_auc(labels, result.scores, seed=seed)
     if "composition" in predictions[0]:
-        errors = [float((p["composition"] - t.composition).abs().mean()) for p, (_, t) in zip(predictions, targets)]
+        errors = [float((p["composition"] - t.composition).abs().mean()) for p, t in zip(predictions, truths)]
         result.composition_mae, result.composition_mae_ci = mean_ci(errors)
         result.composition_mae_analytic = float(np.mean(
-            [float((p["composition_analytic"] - t.composition).abs().mean()) for p, (_, t) in zip(predictions, targets)]))
+            [float((p["composition_analytic"] - t.composition).abs().mean()) for p, t in zip(predictions, truths)]))
     result.runtime_s = time.perf_counter() - start
     return result
