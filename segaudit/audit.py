@@ -547,24 +547,25 @@ def _work_train(cell: Cell, job: Job, tmp: Path, model_files) -> dict:
 
 
 def _work_attack(cell: Cell, job: Job, tmp: Path, model_files) -> dict:
-    from .attacks import ATTACKS
-    from .fl import client_update
-    from .metrics import score
+    from .attacks.knowledge import attacker_data
+    from .attacks.runner import attack_batch
+    from .preprocessing import normalisation
     from .report.plots import reconstruction_grid
-    from .types import Prior
 
     s, config, data = cell.settings, job.config, _data(job)
     model = _model(s["model"], job, model_files)
     batch = _client_batch(data, config, model, s["batch_size"], s["image"], s["seed"])
-    update = client_update(model, batch, mode=s["mode"], local_steps=s["local_steps"], lr=config.lr,
-                           train_mode=s["client_mode"] == "train")
-    attacker = ATTACKS.create(s["attack"], steps=s["steps"], restarts=s["restarts"], seed=s["seed"],
-                              show_progress=False)
-    rec = attacker.run(model, update, Prior.from_batch_shape(batch))
+    knowledge = attacker_data(data, batch, config.size, fit=_fit(data, config.size), norm=normalisation(model),
+                              seed=s["seed"])
+    outcome = attack_batch(model, batch, s["attack"], mode=s["mode"], local_steps=s["local_steps"], lr=config.lr,
+                           train_mode=s["client_mode"] == "train", knowledge=knowledge, steps=s["steps"],
+                           restarts=s["restarts"], seed=s["seed"], show_progress=False)
+    rec = outcome.reconstruction
     grid = Path("artefacts") / f"{cell.key}.png"
     reconstruction_grid(batch, rec, tmp / grid,
                         title=f"{s['attack']} on {s['model']}, {s['mode']}, batch {s['batch_size']}")
-    return {"metrics": score(rec, batch), "reconstruction_status": rec.status, "images": list(batch.names),
+    return {"metrics": outcome.metrics, "identification": outcome.identification,
+            "reconstruction_status": rec.status, "images": list(batch.names),
             "threads": torch.get_num_threads(), "artefacts": {"grid": grid.as_posix()}}
 
 
@@ -638,8 +639,13 @@ def _client_batch(data, config: AuditConfig, model, batch_size: int, image: int,
 
     held = split(data, seed=0)[1]
     picks = [held[(image * batch_size + i) % len(held)] for i in range(batch_size)]
-    return make_batch(data, picks, size=config.size, fit="crop" if data.min_size >= config.size else "resize",
-                      seed=1000 * seed + image, **normalisation(model))
+    return make_batch(data, picks, size=config.size, fit=_fit(data, config.size), seed=1000 * seed + image,
+                      **normalisation(model))
+
+
+def _fit(data, size: int) -> str:
+    """Random crops when every image is large enough, else the image resized (see :func:`segaudit.data.make_batch`)."""
+    return "crop" if data.min_size >= size else "resize"
 
 
 def _slug(name: str) -> str:
@@ -680,13 +686,36 @@ def _data_source(name: str) -> str:
     return f"the auditor's folder {name}"
 
 
+CELL_METRICS = ("psnr", "ssim", "mse", "mask_dice", "mask_iou", "baseline_psnr", "baseline_ssim", "baseline_mask_dice",
+                "psnr_gain", "ssim_gain", "mask_dice_gain", "rdlv")
+MIN_INTERVAL_N = 3  # below this a mean is shown as it is: "n = 1, no interval"
+
+
 def _mean_ci(values: list[float]) -> dict[str, Any] | None:
+    """Mean and its normal-approximation 95 % interval (``ci`` None below :data:`MIN_INTERVAL_N` values or with an
+    infinite value, e.g. the PSNR of a perfect reconstruction)."""
     v = [x for x in values if x is not None and not math.isnan(x)]
     if not v:
         return None
     mean = float(np.mean(v))
-    half = 1.96 * float(np.std(v, ddof=1)) / math.sqrt(len(v)) if len(v) > 1 else 0.0
+    if len(v) < MIN_INTERVAL_N or not math.isfinite(mean):
+        return {"mean": mean, "ci": None, "n": len(v)}
+    half = 1.96 * float(np.std(v, ddof=1)) / math.sqrt(len(v))
     return {"mean": mean, "ci": [mean - half, mean + half], "n": len(v)}
+
+
+def _identification_rates(runs: list[dict]) -> dict[str, Any]:
+    """Images (and masks) of a cell's runs picked out of their candidates, pooled, with Wilson 95 % intervals."""
+    from .metrics import wilson_interval
+
+    out: dict[str, Any] = {}
+    for prefix in ("", "mask_"):
+        hits = [h for r in runs for h in ((r.get("identification") or {}).get(f"{prefix}identified") or [])]
+        candidates = [c for r in runs if (c := (r.get("identification") or {}).get("candidates"))]
+        out[f"{prefix}identification"] = None if not hits else {
+            "rate": sum(hits) / len(hits), "ci": list(wilson_interval(sum(hits), len(hits))), "n": len(hits),
+            "chance": 1 / min(candidates) if candidates else None}
+    return out
 
 
 def _report_order(config: AuditConfig) -> Callable[[dict], tuple]:
@@ -733,10 +762,11 @@ def collect(store: ResultsStore, meta: dict[str, Any]) -> dict[str, Any]:
     for r in runs:
         if r["status"] == "ok":
             cell = (r["model"], r["attack"], r["defense"], r["mode"], r["batch_size"])
-            groups.setdefault(cell, []).append(r["metrics"])
-    cells = [{"model": m, "attack": a, "defense": d, "mode": mode, "batch_size": b, "n": len(ms),
-              **{k: _mean_ci([x.get(k) for x in ms]) for k in ("psnr", "ssim", "mse", "mask_dice", "mask_iou")}}
-             for (m, a, d, mode, b), ms in groups.items()]
+            groups.setdefault(cell, []).append(r)
+    cells = [{"model": m, "attack": a, "defense": d, "mode": mode, "batch_size": b, "n": len(rs),
+              **{k: _mean_ci([r["metrics"].get(k) for r in rs]) for k in CELL_METRICS},
+              **_identification_rates(rs)}
+             for (m, a, d, mode, b), rs in groups.items()]
     layers = {r["model"]: r["report"] | {"chart": r.get("artefacts", {}).get("chart")}
               for r in stored("layers") if r["status"] == "ok"}
     results = {

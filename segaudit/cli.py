@@ -243,6 +243,32 @@ def _stride(model) -> int:
     return rules.output_stride if is_segmentation(model) else rules.multiple
 
 
+def _knowledge(args, data, batch, model):
+    """What the attacker holds besides the update: crops of the other images of ``--data``, or of
+    ``--distractors`` (checked against the model); None for a lone ``--image`` (no baselines beyond the
+    constant ones, no re-identification)."""
+    from .attacks.knowledge import attacker_data
+    from .checks import check_model_fits_data
+    from .data import load_dataset
+    from .models import is_segmentation
+    from .preprocessing import normalisation
+
+    if args.distractors:
+        pool = load_dataset(args.distractors, classes=args.classes or model.segaudit_spec["classes"])
+        check_model_fits_data(model, pool, "the model")
+        if pool.min_size < args.size:
+            raise SegauditError(f"--distractors images are {pool.min_size} px at their smallest side but --size is "
+                                f"{args.size}: give images at least {args.size} px")
+    elif args.image:
+        return None
+    else:
+        pool = data
+    if not is_segmentation(model):
+        return None
+    return attacker_data(pool, batch, args.size, fit=_fit(pool, args.size), norm=normalisation(model), seed=args.seed,
+                         stride=_stride(model))
+
+
 def cmd_attack(args) -> int:
     from .attacks.runner import attack_batch
     from .io import atomic_dir, check_out_dir, write_json
@@ -253,10 +279,11 @@ def cmd_attack(args) -> int:
     data = _attack_data(args)
     model = _model_for(args, data)
     batch = _attack_batch(args, data, model)
+    knowledge = _knowledge(args, data, batch, model)
     budget = {"steps": args.steps} if args.steps is not None else {}
     outcome = attack_batch(model, batch, args.attack, mode=args.mode, local_steps=args.local_steps, lr=args.lr,
                            train_mode=args.client_mode == "train", restarts=args.restarts, seed=args.seed,
-                           show_progress=not args.quiet, **budget)
+                           show_progress=not args.quiet, knowledge=knowledge, **budget)
     spec = model_spec(model)
     rec = outcome.reconstruction
     result = {"attack": args.attack, "arch": spec["arch"], "encoder": spec["encoder"], "batch_size": len(batch),
@@ -265,7 +292,8 @@ def cmd_attack(args) -> int:
               "client_mode": args.client_mode, "size": args.size, "seed": args.seed,
               "runtime_s": outcome.runtime_s, "status": rec.status, "metrics": outcome.metrics,
               "restart_losses": rec.restart_losses, "restart_status": rec.restart_status,
-              "images": list(batch.names), "fit": _fit(data, args.size), **_environment()}
+              "images": list(batch.names), "fit": _fit(data, args.size), "identification": outcome.identification,
+              **_environment()}
     if "composition" in rec.extras:
         result["composition"] = rec.extras["composition"].tolist()
     with atomic_dir(out) as tmp:
@@ -273,7 +301,8 @@ def cmd_attack(args) -> int:
         reconstruction_grid(batch, rec, tmp / "reconstruction.png",
                             title=f"{args.attack} on {spec['arch']}, batch {len(batch)}, {args.mode}")
     m = outcome.metrics
-    shown = ", ".join(f"{k} {v:.3g}" for k, v in m.items() if v is not None) or "nothing"
+    shown = ", ".join(f"{k} {v:.3g}" for k, v in m.items() if v is not None and not k.startswith("baseline_")) \
+        or "nothing"
     scaled = f"; images scaled and padded to {args.size} px (smallest side {data.min_size})" \
         if result["fit"] == "resize" else ""
     print(f"{args.attack}: {rec.status}; {shown} ({outcome.runtime_s:.0f} s){scaled} -> {out}")
@@ -548,6 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", metavar="FILE", help="attack one image instead of --data crops")
     p.add_argument("--mask", metavar="FILE", help="the mask of --image (segmentation)")
     p.add_argument("--label", type=int, help="the label of the images (classification archs)")
+    p.add_argument("--distractors", metavar="DIR", help="images and masks of the same kind, not the client's: the "
+                   "attacker's prior and the candidates it must re-identify the client's image among (default: the "
+                   "other images of --data; none with --image)")
     p.add_argument("--batch-size", type=int, default=1)
     _add_protocol_args(p)
     p.add_argument("--attack", choices=ATTACKS.available(), default="seg")

@@ -77,7 +77,8 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, args, match
 
 
 RESULT_KEYS = {"attack", "arch", "encoder", "batch_size", "steps", "runtime_s", "status", "metrics"}
-METRIC_KEYS = {"mse", "psnr", "ssim", "mask_dice", "mask_iou", "label_acc"}
+METRIC_KEYS = {"mse", "psnr", "ssim", "mask_dice", "mask_iou", "label_acc", "baseline_psnr", "baseline_ssim",
+               "baseline_mask_dice", "psnr_gain", "ssim_gain", "mask_dice_gain", "rdlv"}
 
 
 def test_attack_cli_writes_result_and_figure(tmp_path):
@@ -87,6 +88,11 @@ def test_attack_cli_writes_result_and_figure(tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert RESULT_KEYS <= set(result) and set(result["metrics"]) == METRIC_KEYS
     assert result["status"] == "ok" and result["batch_size"] == 2 and result["metrics"]["label_acc"] is None
+    m = result["metrics"]  # the contract of issue 17: a gain is the value minus its baseline
+    assert m["psnr_gain"] == pytest.approx(m["psnr"] - m["baseline_psnr"], abs=1e-9)
+    assert m["mask_dice_gain"] == pytest.approx(m["mask_dice"] - m["baseline_mask_dice"], abs=1e-9)
+    found = result["identification"]  # ranked among crops of the other 14 nuclei tiles (4 each)
+    assert found["candidates"] == 1 + 4 * 14 and len(found["identification_rank"]) == 2
     assert (out / "reconstruction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -7,25 +7,28 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..fl import client_update
-from ..metrics import score
+from ..metrics import identification, score
 from ..types import Batch, ClientUpdate, Prior, Reconstruction
 from . import ATTACKS
+from .knowledge import AttackerData
 
 
 @dataclass
 class AttackOutcome:
-    """An attack's reconstruction, its scores against the truth, and how it was obtained."""
+    """An attack's reconstruction, its scores against the truth and the baselines, whether it re-identifies the
+    client's images (:func:`segaudit.metrics.identification`; empty without distractors), and how it was obtained."""
 
     reconstruction: Reconstruction
     metrics: dict[str, float | None]
     update: ClientUpdate
     runtime_s: float
     settings: dict = field(default_factory=dict)
+    identification: dict = field(default_factory=dict)
 
 
 def attack_batch(model: nn.Module, batch: Batch, attack: str = "seg", *, mode: str = "fedsgd",
                  local_steps: int = 1, lr: float = 0.01, loss: str = "ce", train_mode: bool = True,
-                 **attack_options) -> AttackOutcome:
+                 knowledge: AttackerData | None = None, **attack_options) -> AttackOutcome:
     """Simulate the client's update on ``batch``, run ``attack`` on it (no access to the batch), score it.
 
     Args:
@@ -33,6 +36,8 @@ def attack_batch(model: nn.Module, batch: Batch, attack: str = "seg", *, mode: s
         batch: the client's private batch (used for the update and, afterwards, for scoring only).
         attack: a name in :data:`~segaudit.attacks.ATTACKS` (``"dlg"``, ``"ig"``, ``"seg"``).
         mode, local_steps, lr, loss, train_mode: the client's protocol (see :func:`segaudit.fl.client_update`).
+        knowledge: images and masks the attacker holds (not the client's): the baselines' prior image and public
+            masks, and the distractors for re-identification (see :mod:`segaudit.attacks.knowledge`).
         **attack_options: e.g. ``steps``, ``restarts``, ``seed``, ``show_progress``.
 
     Example:
@@ -48,4 +53,6 @@ def attack_batch(model: nn.Module, batch: Batch, attack: str = "seg", *, mode: s
     settings = {"attack": attack, "mode": mode, "local_steps": local_steps, "lr": lr, "loss": loss,
                 "train_mode": train_mode,
                 **{k: getattr(attacker, k) for k in ("steps", "restarts", "seed", "objective") if hasattr(attacker, k)}}
-    return AttackOutcome(rec, score(rec, batch), update, runtime, settings)
+    extra = knowledge.score_kwargs() if knowledge is not None else {}
+    found = identification(rec, batch, knowledge.public if knowledge is not None else None)
+    return AttackOutcome(rec, score(rec, batch, **extra), update, runtime, settings, found)

@@ -124,8 +124,13 @@ def context(results: dict, *, base_dir=None, redact: bool = False) -> dict:
     cells = []
     for c in _dicts(results.get("cells")):
         row = {k: c.get(k) for k in ("model", "attack", "defense", "mode", "batch_size", "n")}
-        for key in ("psnr", "ssim", "mask_dice", "mask_iou", "mse"):
+        for key in ("psnr", "ssim", "mask_dice", "mask_iou", "mse", "baseline_psnr", "baseline_ssim",
+                    "baseline_mask_dice", "psnr_gain", "ssim_gain", "mask_dice_gain"):
             row[key], row[key + "_ci"] = _mean_ci(c.get(key))
+        for key in ("identification", "mask_identification"):
+            found = _dict(c.get(key))
+            row[key] = {"rate": num(found.get("rate")), "ci": found.get("ci"), "n": num(found.get("n")),
+                        "chance": num(found.get("chance"))} if found else None
         cells.append(row)
     status = Counter(str(r.get("status", "ok")) for r in runs)
     return {
