@@ -197,7 +197,8 @@ def attack_defended(model: nn.Module, dataset: Dataset, defense: Defense, settin
 
     Returns:
         ``{"attack", "attack_psnr", "attack_ssim", "attack_mse", "attack_mask_dice", "attack_mask_iou",
-        "attack_status", "attack_seconds", "adaptation"}``.
+        "attack_status", "attack_seconds", "adaptation", "attack_baseline_psnr", "attack_baseline_mask_dice",
+        "attack_psnr_gain", "attack_mask_dice_gain"}`` (baselines and gains: :func:`segaudit.metrics.score`).
     """
     _, test_idx = split(dataset, holdout=settings.holdout, seed=settings.seed)
     idx = [test_idx[i % len(test_idx)] for i in range(settings.batch_size)]
@@ -214,7 +215,8 @@ def attack_defended(model: nn.Module, dataset: Dataset, defense: Defense, settin
     m = score(rec, batch)
     return {"attack": attack, "attack_psnr": m["psnr"], "attack_ssim": m["ssim"], "attack_mse": m["mse"],
             "attack_mask_dice": m["mask_dice"], "attack_mask_iou": m["mask_iou"], "attack_status": rec.status,
-            "attack_seconds": seconds, "adaptation": rec.extras.get("adaptation")}
+            "attack_seconds": seconds, "adaptation": rec.extras.get("adaptation"),
+            **{f"attack_{k}": m[k] for k in ("baseline_psnr", "baseline_mask_dice", "psnr_gain", "mask_dice_gain")}}
 
 
 def run_tradeoff(model: nn.Module, dataset: Dataset, defenses: list[str] | list[tuple[str, Defense]],

@@ -28,6 +28,7 @@ def test_run_tradeoff_tiny_model():
     for row in rows:
         assert ROW_KEYS <= set(row) and row["attack_status"] == "ok" and row["epsilon"] is None
         assert 0 <= row["utility_dice"] <= 1 and 0 <= row["attack_mask_dice"] <= 1 and row["attack_psnr"] > 0
+        assert row["attack_psnr_gain"] == pytest.approx(row["attack_psnr"] - row["attack_baseline_psnr"], abs=1e-9)
     assert [r["attack"] for r in rows] == ["seg", "seg", "dropout", "seg"]
     assert rows[1]["adaptation"]["support_only"] and not rows[0]["adaptation"]["support_only"]
 
