@@ -254,8 +254,8 @@ def _knowledge(args, data, batch, model):
     from .preprocessing import normalisation
 
     if args.distractors:
-        pool = load_dataset(args.distractors, classes=args.classes or model.segaudit_spec["classes"])
-        check_model_fits_data(model, pool, "the model")
+        pool = load_dataset(args.distractors, classes=args.classes)
+        check_model_fits_data(model, pool, "the model")  # "... but the data has K (DIR/classes.json)"
         if pool.min_size < args.size:
             raise SegauditError(f"--distractors images are {pool.min_size} px at their smallest side but --size is "
                                 f"{args.size}: give images at least {args.size} px")

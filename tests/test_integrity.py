@@ -638,3 +638,15 @@ def test_an_audit_whose_every_cell_failed_exits_2(tmp_path, capsys, model2, data
                         "and rerun"]
     runs = read(out / "results.json")["runs"]
     assert [r["error"] for r in runs] == ["RuntimeError: boom"]
+
+
+def test_distractors_that_do_not_fit_the_model_are_refused(capsys, model2, data2, data4, rgb):
+    """Issue 17: --distractors with other channels or classes is one line and exit 2."""
+    image = sorted((data2 / "images").iterdir())[0]
+    mask = data2 / "masks" / image.name
+    common = ["attack", "--model", model2, "--image", image, "--mask", mask, "--size", "32", "--steps", "1",
+              "--out", "unused", *THREADS]
+    assert refused(capsys, *common, "--distractors", data4).startswith(
+        f"the model predicts 2 classes (the model) but the data has 4 ({data4 / 'classes.json'})")
+    assert refused(capsys, *common, "--distractors", rgb).startswith(
+        "the model takes 1 input channel (the model) but the images have 3")
