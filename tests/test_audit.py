@@ -11,6 +11,7 @@ from segaudit.cli import main
 from segaudit.config import AuditConfig, ModelConfig
 from segaudit.demo import demo_config
 from segaudit.errors import SegauditError
+from segaudit.report.findings import LEVELS
 from segaudit.store import ResultsStore, load_results
 
 
@@ -74,7 +75,7 @@ def test_audit_writes_store_results_and_report(finished):
     assert {r["kind"] for r in ResultsStore(out / "results.sqlite").runs()} == {"train", "attack", "inference"}
     assert len(results["runs"]) == 2 and results["cells"][0]["n"] == 2
     assert results["models"][0]["params"] > 1e6 and results["config_hash"] == tiny_config().digest()
-    assert results["versions"]["torch"] and results["risk"]["level"] in ("low", "medium", "high")
+    assert results["versions"]["torch"] and results["risk"]["level"] in LEVELS
     assert all((out / r["artefacts"]["grid"]).is_file() for r in results["runs"])
     assert load_results(out / "results.sqlite")["runs"] == results["runs"]
     html = (out / "report.html").read_text()

@@ -9,11 +9,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from segaudit.cli import main
 from segaudit.errors import SegauditError
-from segaudit.report.findings import recommendations, risk
+from segaudit.report.findings import LEVELS, recommendations, risk
 from segaudit.report.html import png_data_uri, read_results, render, write_html
 
 EXAMPLE = Path(__file__).parent / "data" / "results_example.json"
@@ -134,35 +135,86 @@ def _run(defense="none", **metrics):
             "status": "ok", "metrics": metrics}
 
 
+def _gains(psnr=-1.0, ssim=-0.1, mask=-0.1):
+    return {"psnr_gain": psnr, "ssim_gain": ssim, "mask_dice_gain": mask}
+
+
+DP8 = {"epsilon": 8.0, "delta": 1e-5}
+
+
 @pytest.mark.parametrize("results, level", [
-    ({"runs": [_run(psnr=24.0, ssim=0.2, mask_dice=0.3)]}, "high"),
-    ({"runs": [_run(psnr=12.0, ssim=0.1, mask_dice=0.85)]}, "high"),  # the mask alone leaks
-    ({"runs": [_run(psnr=17.0, ssim=0.1, mask_dice=0.3)]}, "medium"),
-    ({"runs": [_run(psnr=12.0, ssim=0.35, mask_dice=0.3)]}, "medium"),
-    ({"runs": [_run(psnr=12.0, ssim=0.1, mask_dice=0.3), _run(psnr=21.0, ssim=0.1, mask_dice=0.3)]}, "high"),  # worst image
-    ({"runs": [_run(psnr=12.0, ssim=0.1, mask_dice=0.3)]}, "low"),
-    ({"runs": [_run("noise:0.1", psnr=30.0)]}, "unknown"),  # nothing undefended measured
+    ({"runs": [_run(psnr=26.5, **_gains(psnr=3.5))]}, "high"),
+    ({"runs": [_run(psnr=12.0, **_gains(mask=0.35))]}, "high"),  # the mask alone leaks
+    ({"runs": [_run(psnr=17.0, **_gains(psnr=1.5))]}, "medium"),
+    ({"runs": [_run(psnr=12.0, **_gains(ssim=0.08))]}, "medium"),
+    ({"runs": [_run(**_gains()), _run(**_gains(psnr=4.0))]}, "high"),  # the best single image decides
+    # a raw 24 dB that does not beat the flat image is nothing shown, never low: no guarantee
+    ({"runs": [_run(psnr=24.0, baseline_psnr=24.5, **_gains(psnr=-0.5))]}, "not shown"),
+    ({"runs": [_run(psnr=23.0, **_gains(psnr=0.0, ssim=0.0, mask=0.0))]}, "not shown"),  # the flat image itself
+    # DP at eps <= 10 (delta < 1/N) and nothing shown: low; the same without DP: not shown; at eps 50: not shown
+    ({"runs": [{**_run("dp:eps=8", **_gains()), "dp": DP8}], "data": {"images": 16}}, "low"),
+    ({"runs": [_run("noise:0.1", **_gains())], "data": {"images": 16}}, "not shown"),
+    ({"runs": [{**_run("dp:eps=50", **_gains()), "dp": {"epsilon": 50.0, "delta": 1e-5}}]}, "not shown"),
+    ({"runs": [{**_run("dp:eps=8", **_gains()), "dp": {"epsilon": 8.0, "delta": 0.1}}], "data": {"images": 16}},
+     "not shown"),  # delta not below 1/N
+    ({"runs": [{**_run("dp:eps=8", **_gains(psnr=5.0)), "dp": DP8}]}, "high"),  # DP that still leaks
     ({"runs": [{**_run(psnr=30.0), "status": "failed"}]}, "unknown"),  # failed runs do not count
+    ({"runs": [_run(psnr=30.0)]}, "unknown"),  # a raw PSNR without its baseline rates nothing
     ({"inference": [{"defense": "none", "auc": 0.95}]}, "high"),
-    ({"inference": [{"defense": "none", "auc": 0.75}], "runs": [_run(psnr=10.0)]}, "medium"),
-    ({"cells": [{"defense": "none", "psnr": {"mean": 16.0, "ci": [15, 17]}}]}, "medium"),
+    ({"inference": [{"defense": "none", "auc": 0.95, "auc_ci": [0.4, 1.0]}]}, "not shown"),  # interval reaches chance
+    ({"inference": [{"defense": "none", "auc": 0.75}], "runs": [_run(**_gains())]}, "medium"),
+    ({"inference": [{"defense": "none", "auc": 0.42}]}, "not shown"),
+    ({"cells": [{"defense": "none", "psnr_gain": {"mean": 1.2, "ci": None}}]}, "medium"),
+    ({"cells": [{"defense": "none", "psnr_gain": {"mean": -2.0},
+                 "identification": {"rate": 0.6, "ci": [0.4, 0.8], "n": 20, "chance": 1 / 32}}]}, "high"),
+    ({"cells": [{"defense": "none", "psnr_gain": {"mean": -2.0},
+                 "identification": {"rate": 0.2, "ci": [0.08, 0.42], "n": 20, "chance": 1 / 32}}]}, "medium"),
+    ({"cells": [{"defense": "none", "psnr_gain": {"mean": -2.0},
+                 "identification": {"rate": 0.05, "ci": [0.01, 0.24], "n": 20, "chance": 1 / 32}}]}, "not shown"),
     ({}, "unknown"),
 ])
 def test_risk_known_answers(results, level):
-    assert risk(results)["level"] == level
+    found = risk(results)
+    assert found["level"] == level and found["level"] in LEVELS
+
+
+def test_not_shown_says_it_is_no_evidence_of_privacy_and_what_was_not_tried():
+    found = risk({"runs": [_run(**_gains())], "config": {"modes": ["fedsgd"], "client_mode": "eval",
+                                                          "attack_steps": 60, "batch_sizes": [1]}})
+    assert found["level"] == "not shown" and "not evidence of privacy" in found["statement"]
+    assert "FedAvg weight updates" in found["not_tried"] and "attack budgets above 60 steps" in found["not_tried"]
+    assert any("clients in train mode" in t for t in found["not_tried"])
+    assert any("not evidence of privacy" not in r and "did not beat their baselines" in r
+               for r in recommendations({"runs": [_run(**_gains())]}))
+
+
+def test_the_flat_image_gains_nothing_and_is_not_shown():
+    """Known answer (issue 17): a flat image at the true mean as the 'reconstruction' scores gain 0 -> not shown."""
+    from segaudit.metrics import score
+    from segaudit.types import Batch, Reconstruction
+
+    images = torch.rand(1, 1, 16, 16)
+    masks = (images[:, 0] > 0.5).long()
+    batch = Batch(images, masks, ("bg", "fg"), ("x",), (0.0,), (1.0,))
+    flat = images.mean(dim=(2, 3), keepdim=True).expand_as(images).clone()
+    constant = torch.full_like(masks, int(masks.float().mean() > 0.5))
+    metrics = score(Reconstruction(flat, constant), batch)
+    assert metrics["psnr_gain"] == pytest.approx(0.0, abs=1e-9)
+    assert risk({"runs": [_run(**metrics)]})["level"] == "not shown"
 
 
 def test_risk_says_what_is_missing():
-    found = risk({"cells": [{"defense": "none", "psnr": {"mean": 16.0}}]})
-    assert any("mask Dice" in m for m in found["missing"]) and any("inference" in m for m in found["missing"])
+    found = risk({"cells": [{"defense": "none", "psnr_gain": {"mean": 1.5}}]})
+    assert any("mask Dice gain" in m for m in found["missing"]) and any("inference" in m for m in found["missing"])
     assert any("cell means" in m for m in found["missing"])
-    assert found["reasons"] == ["PSNR 16 dB ≥ 15 dB (? on ?, batch ?)"]
+    assert found["reasons"] == ["PSNR gain +1.5 dB over the attacker's baseline (? on ?, batch ?)"]
 
 
 def test_recommendations_quote_measured_numbers(example):
     recs = recommendations(example)
     joined = "\n".join(recs)
-    assert "dp:eps=8 brought the attack below 15 dB PSNR (12.0 dB, from 24.5 dB undefended)" in joined
+    assert ("dp:eps=8 left the attack no better than the attacker's baseline (PSNR gain -10.0 dB, from +1.5 dB "
+            "undefended)") in joined
     assert "0.710 vs 0.930 (loss 0.220)" in joined
     assert "ε = 8 at δ = 1e-05" in joined and "BatchNorm2d -> GroupNorm" in joined
     assert "encoder.layer1 (score 0.71" in joined
@@ -171,14 +223,31 @@ def test_recommendations_quote_measured_numbers(example):
 
 
 def test_recommendations_batch_effect_and_no_safe_defense():
-    cells = [{"model": "m", "attack": "seg", "defense": "none", "mode": "fedsgd", "batch_size": b, "psnr": {"mean": p}}
-             for b, p in ((1, 25.0), (4, 18.0), (16, 13.0))]
-    tradeoff = [{"model": "m", "defense": "none", "utility_dice": 0.9, "attack_psnr": 25.0},
-                {"model": "m", "defense": "noise:0.001", "utility_dice": 0.89, "attack_psnr": 19.5}]
+    cells = [{"model": "m", "attack": "seg", "defense": "none", "mode": "fedsgd", "batch_size": b,
+              "psnr_gain": {"mean": g}} for b, g in ((1, 3.5), (4, 0.4), (16, -1.0))]
+    tradeoff = [{"model": "m", "defense": "none", "utility_dice": 0.9, "attack_psnr_gain": 3.5},
+                {"model": "m", "defense": "noise:0.001", "utility_dice": 0.89, "attack_psnr_gain": 1.5}]
     joined = "\n".join(recommendations({"cells": cells, "tradeoff": tradeoff}))
-    assert "25.0 dB at batch 1, 18.0 dB at batch 4, 13.0 dB at batch 16" in joined
-    assert "batches of 16 or more images fell below 15 dB" in joined
-    assert "the only defense tested, noise:0.001, did not bring the attack below 15 dB PSNR: it left 19.5 dB" in joined
+    assert "+3.5 dB at batch 1, +0.4 dB at batch 4, -1.0 dB at batch 16" in joined
+    assert "from batches of 16 images on the attack no longer beat its baseline" in joined
+    assert ("the only defense tested, noise:0.001, did not stop the attack beating its baseline: it left a PSNR gain "
+            "of +1.5 dB") in joined
+
+
+def test_a_defense_that_raised_psnr_is_not_called_a_success():
+    """Issue 17: 'noise:0.01 brought the attack below 15 dB (14.9 dB, from 13.2 dB undefended)' must not recur."""
+    tradeoff = [{"model": "m", "defense": "none", "utility_dice": 0.9, "attack_psnr": 13.2, "attack_psnr_gain": -1.0},
+                {"model": "m", "defense": "noise:0.01", "utility_dice": 0.89, "attack_psnr": 14.9,
+                 "attack_psnr_gain": 0.7}]
+    joined = "\n".join(recommendations({"tradeoff": tradeoff}))
+    assert "did not stop the attack beating its baseline" in joined and "below 15 dB" not in joined
+
+
+def test_a_weak_inference_auc_is_not_called_a_leak():
+    rows = [{"model": "m", "attack": "composition", "defense": "none", "batch_size": 8, "auc": 0.42,
+             "composition_mae": 0.03}]
+    joined = "\n".join(recommendations({"inference": rows}))
+    assert "AUC 0.42" in joined and "leaks" not in joined
 
 
 def test_artefact_paths_outside_the_results_folder_are_not_read(tmp_path, example):
@@ -237,9 +306,9 @@ def test_cli_report(audit_dir, capsys):
 
 
 def test_risk_counts_the_undefended_tradeoff_row():
-    found = risk({"tradeoff": [{"model": "m", "defense": "none", "attack_psnr": 22.0, "attack_mask_dice": 0.4},
-                               {"model": "m", "defense": "dp:eps=1", "attack_psnr": 30.0}]})
-    assert found["level"] == "high" and found["worst"]["psnr"] == 22.0
+    found = risk({"tradeoff": [{"model": "m", "defense": "none", "attack_psnr": 22.0, "attack_psnr_gain": 3.2},
+                               {"model": "m", "defense": "dp:eps=1", "attack_psnr": 30.0, "attack_psnr_gain": 9.0}]})
+    assert found["level"] == "high" and found["worst"]["psnr_gain"] == 3.2
 
 
 def test_figure_titles_take_names_with_dollar_signs_as_text(tmp_path):

@@ -9,21 +9,28 @@ import math
 from collections import defaultdict
 from typing import Any
 
-#: Reconstruction thresholds (attack on an undefended update). ``(high, medium)`` per metric.
-PSNR_DB = (20.0, 15.0)
-SSIM = (0.6, 0.3)
-MASK_DICE = (0.8, 0.5)
-#: Inference-attack AUC thresholds (undefended updates).
+#: Gains over the attacker's baseline (best single image; see :func:`segaudit.metrics.score`): ``(high, medium)``.
+PSNR_GAIN_DB = (3.0, 1.0)
+SSIM_GAIN = (0.15, 0.05)
+MASK_DICE_GAIN = (0.3, 0.1)
+#: Re-identification: medium when the Wilson 95 % interval of the identified share lies above chance; high when,
+#: in addition, at least this share of the images is picked out.
+IDENTIFIED = 0.5
+#: Inference-attack AUC thresholds ``(high, medium)``; the AUC's interval must also lie above 0.5.
 AUC = (0.9, 0.7)
-#: A defense "stops" reconstruction when the attack's PSNR falls below this (dB).
-SAFE_PSNR_DB = PSNR_DB[1]
+#: A formal guarantee: DP-SGD at ε at most this (and δ below 1 / training images).
+DP_EPSILON = 10.0
+LEVELS = ("high", "medium", "not shown", "low", "unknown")
 
 UNDEFENDED = ("none", "", None)
 
-RULE = (f"high if any undefended attack reaches PSNR ≥ {PSNR_DB[0]:g} dB, SSIM ≥ {SSIM[0]:g} or recovered-mask "
-        f"Dice ≥ {MASK_DICE[0]:g} (best single image), or an undefended inference attack reaches AUC ≥ {AUC[0]:g}; "
-        f"medium if any reaches PSNR ≥ {PSNR_DB[1]:g} dB, SSIM ≥ {SSIM[1]:g}, mask Dice ≥ {MASK_DICE[1]:g} or "
-        f"AUC ≥ {AUC[1]:g}; low if every measured value is below these; unknown if nothing undefended was measured")
+RULE = (f"high if an undefended reconstruction beats the attacker's baseline by ≥ {PSNR_GAIN_DB[0]:g} dB PSNR, "
+        f"≥ {SSIM_GAIN[0]:g} SSIM or ≥ {MASK_DICE_GAIN[0]:g} mask Dice (best single image), identifies ≥ "
+        f"{IDENTIFIED:.0%} of the images with its interval above chance, or an inference attack reaches AUC ≥ "
+        f"{AUC[0]:g}; medium at gains ≥ {PSNR_GAIN_DB[1]:g} dB, {SSIM_GAIN[1]:g}, {MASK_DICE_GAIN[1]:g}, an "
+        f"identification interval above chance or AUC ≥ {AUC[1]:g} (AUC intervals above 0.5); not shown when "
+        f"nothing beat its baseline; low only when, in addition, every attacked update carried DP-SGD at ε ≤ "
+        f"{DP_EPSILON:g} with δ < 1/N; unknown when nothing was measured")
 
 
 def num(value: Any) -> float | None:
@@ -64,84 +71,147 @@ def _undefended(entry: dict) -> bool:
 
 
 def risk(results: dict) -> dict:
-    """The traffic-light risk level of the audited model's undefended updates.
+    """The risk level of the audited updates, from what the attacks learned beyond what the attacker knew.
 
-    Rule (thresholds in this module; ``RULE`` states them):
+    Levels (thresholds in this module; ``RULE`` states them):
 
-    * **high**: an attack on an undefended update reaches PSNR ≥ 20 dB, SSIM ≥ 0.6 or recovered-mask
-      Dice ≥ 0.8 on some image, or an undefended inference attack reaches AUC ≥ 0.9;
-    * **medium**: PSNR ≥ 15 dB, SSIM ≥ 0.3, mask Dice ≥ 0.5 or AUC ≥ 0.7;
-    * **low**: every measured value is below the medium thresholds;
-    * **unknown**: no undefended attack or inference result was measured (the level is not guessed).
+    * **high** / **medium**: an undefended reconstruction beats the attacker's best guess without the update
+      (:func:`segaudit.metrics.score`'s ``*_gain``, best single image), the attacker re-identifies the client's
+      images among distractors more often than chance (Wilson interval), or an inference attack separates
+      updates (AUC, interval above 0.5).
+    * **not shown**: something was measured and none of it beat its baseline. The attacks tried did not show
+      leakage; that is not evidence of privacy (``statement`` says so, ``not_tried`` what was not tried).
+    * **low**: not shown, and every attacked update carried DP-SGD at ε ≤ :data:`DP_EPSILON` with δ < 1/N: a
+      formal guarantee, not only an attack that failed.
+    * **unknown**: nothing was measured against a baseline.
 
-    Why these numbers: at ≥ 20 dB PSNR a gradient-inversion reconstruction shows the structures of the
-    image (as in the reconstruction grids of this report and of the gradient-inversion literature);
-    below 15 dB it is dominated by artefacts, which is also the bar this report uses for a defense
-    that works. SSIM is read with lower bars than usual because noisy but recognisable
-    reconstructions score low on it. A mask
-    Dice of 0.8 is about what a trained segmentation model reaches on held-out data, so the attacker
-    recovers the patient's label map as well as the model itself would; 0.5 still gives the location
-    and rough shape of the structures. An AUC of 0.9 means an attribute of the client's data is
-    inferred reliably; 0.7 is a clear signal across many updates. The best single image (not the mean)
-    decides, because one patient fully exposed is already a breach; cells (means) are used only when
-    the results carry no per-image runs. The undefended row of a privacy-utility study counts too.
+    Why these numbers (``bench/attack_quality.py``, README): on an untrained U-Net at batch 1 the ``seg`` attack
+    scores 26.5 dB where the flat image at the true mean scores 23.0 dB — a gain of 3.5 dB, and the nuclei and
+    their mask (Dice 0.94) are plainly visible; so 3 dB (half the baseline's error removed twice over) is high and
+    1 dB (a fifth of it) is a clear, repeatable signal. A mask Dice gain of 0.3 over the best constant class map
+    puts the structures in their place; 0.1 still locates some. Re-identification among ≥ 31 candidates is a
+    breach when it is systematic. The best single image decides, because one exposed patient is already a breach.
 
     Returns:
-        ``{"level", "rule", "worst": {...}, "reasons": [str], "missing": [str]}``; ``worst`` holds the
-        highest value of each metric and the configuration (model, attack, batch size, ...) of the
-        best-PSNR image.
+        ``{"level", "rule", "worst", "reasons", "missing", "statement", "not_tried"}``.
     """
     runs = [r for r in ok_runs(results) if _undefended(r)]
-    source = (runs or [c for c in _list(results, "cells") if _undefended(c)]) + [{**t, "psnr": t.get("attack_psnr"), "ssim": t.get("attack_ssim"), "mask_dice": t.get("attack_mask_dice"),
-                "attack": t.get("attack") or "trade-off attack"}
-               for t in _list(results, "tradeoff") if _undefended(t)]  # the undefended row of a trade-off study
-    worst: dict[str, Any] = {}
+    cells = [c for c in _list(results, "cells") if _undefended(c)]
+    trade = [{**t, "psnr_gain": t.get("attack_psnr_gain"), "mask_dice_gain": t.get("attack_mask_dice_gain"),
+              "attack": t.get("attack") or "trade-off attack"} for t in _list(results, "tradeoff")]
+    source = (runs or cells) + [t for t in trade if _undefended(t)]
+    defended = [r for r in ok_runs(results) if not _undefended(r)] + [t for t in trade if not _undefended(t)]
+    # the undefended updates decide; only when none was measured do the defended ones (a DP deployment)
+    undefended = bool(source) or any(_undefended(r) for r in _list(results, "inference"))
+    subject = source if undefended else defended
+    found: list[tuple[str, str]] = []
     missing: list[str] = []
-    reasons: list[tuple[str, str]] = []
-    levels = []
-    best_psnr = None
-    for entry in source:
-        psnr = _metric(entry, "psnr")
-        if psnr is not None and (best_psnr is None or psnr > best_psnr):
-            best_psnr = psnr
-            worst = {k: entry.get(k) for k in ("model", "attack", "defense", "mode", "batch_size", "seed", "image", "id")
-                     if entry.get(k) is not None}
-    for key, label, (high, medium), unit in (("psnr", "PSNR", PSNR_DB, " dB"), ("ssim", "SSIM", SSIM, ""),
-                                             ("mask_dice", "mask Dice", MASK_DICE, "")):
-        values = [(v, e) for e in source if (v := _metric(e, key)) is not None]
+    worst: dict[str, Any] = {}
+    for key, label, (high, medium), unit in (("psnr_gain", "PSNR gain", PSNR_GAIN_DB, " dB"),
+                                             ("ssim_gain", "SSIM gain", SSIM_GAIN, ""),
+                                             ("mask_dice_gain", "mask Dice gain", MASK_DICE_GAIN, "")):
+        values = [(v, e) for e in subject if (v := _metric(e, key)) is not None]
         if not values:
-            missing.append(f"undefended attack {label}")
+            missing.append(f"attack {label} over a baseline")
             continue
         value, entry = max(values, key=lambda p: p[0])
         worst[key] = value
-        if not worst.get("model"):
-            worst.update({k: entry.get(k) for k in ("model", "attack", "defense", "batch_size") if entry.get(k) is not None})
-        level = "high" if value >= high else "medium" if value >= medium else "low"
-        levels.append(level)
-        if level != "low":
-            bar = high if level == "high" else medium
+        if "model" not in worst:  # the configuration of the first metric's best image
+            worst.update({k: entry.get(k) for k in ("model", "attack", "defense", "mode", "batch_size")
+                          if entry.get(k) is not None})
+            worst.update({k: v for k in ("psnr", "ssim", "mask_dice", "baseline_psnr", "baseline_mask_dice")
+                          if (v := _metric(entry, k)) is not None})
+        if value >= medium:
             where = f"{entry.get('attack', '?')} on {entry.get('model', '?')}, batch {entry.get('batch_size', '?')}"
-            reasons.append((level, f"{label} {value:.3g}{unit} ≥ {bar:g}{unit} ({where})"))
-    aucs = [(v, r) for r in _list(results, "inference") if _undefended(r) and (v := num(r.get("auc"))) is not None]
+            found.append(("high" if value >= high else "medium",
+                          f"{label} {value:+.3g}{unit} over the attacker's baseline ({where})"))
+    for key, label in (("identification", "images"), ("mask_identification", "masks")):
+        for cell in (c for c in _list(results, "cells") if _undefended(c) == undefended):
+            rate, ci, chance = _rate(cell.get(key))
+            if rate is None:
+                continue
+            worst[f"{key}_rate"] = max(rate, worst.get(f"{key}_rate", 0.0))
+            if ci[0] > chance:
+                found.append(("high" if rate >= IDENTIFIED else "medium",
+                              f"{rate:.0%} of the {label} re-identified (interval {ci[0]:.2f}–{ci[1]:.2f}, chance "
+                              f"{chance:.1%}; {cell.get('attack', '?')} on {cell.get('model', '?')}, batch "
+                              f"{cell.get('batch_size', '?')})"))
+    inference = [r for r in _list(results, "inference") if _undefended(r) == undefended]
+    aucs = [(v, r) for r in inference if (v := num(r.get("auc"))) is not None]
     if aucs:
         value, row = max(aucs, key=lambda p: p[0])
-        worst["inference_auc"] = value
-        worst["inference_attack"] = row.get("attack")
-        level = "high" if value >= AUC[0] else "medium" if value >= AUC[1] else "low"
-        levels.append(level)
-        if level != "low":
-            reasons.append((level, f"inference AUC {value:.2f} ≥ {AUC[0] if level == 'high' else AUC[1]:g} "
-                           f"({row.get('attack', '?')} {row.get('property') or ''}, batch {row.get('batch_size', '?')})".replace(" ,", ",")))
+        worst["inference_auc"], worst["inference_attack"] = value, row.get("attack")
+        for v, r in aucs:
+            ci = r.get("auc_ci")
+            above = not (isinstance(ci, (list, tuple)) and len(ci) == 2 and num(ci[0]) is not None and num(ci[0]) <= 0.5)
+            if v >= AUC[1] and above:
+                found.append(("high" if v >= AUC[0] else "medium",
+                              f"inference AUC {v:.2f} ({r.get('attack', '?')} {r.get('property') or ''}, batch "
+                              f"{r.get('batch_size', '?')})".replace(" ,", ",")))
     else:
-        missing.append("undefended inference AUC")
-    if not levels:
+        missing.append("inference AUC")
+    measured = bool(worst)
+    levels = {lvl for lvl, _ in found}
+    if "high" in levels or "medium" in levels:
+        level = "high" if "high" in levels else "medium"
+    elif not measured:
         level = "unknown"
+    elif not undefended and defended and all(_guaranteed(e, results) for e in defended):
+        level = "low"
     else:
-        level = "high" if "high" in levels else "medium" if "medium" in levels else "low"
-    reasons_now = [text for lvl, text in reasons if lvl == level]  # the findings that set the level
-    if not runs and source:
+        level = "not shown"
+    if not runs and cells:
         missing.append("per-image runs (cell means used, so the best single image may be higher)")
-    return {"level": level, "rule": RULE, "worst": worst, "reasons": reasons_now, "missing": missing}
+    return {"level": level, "rule": RULE, "worst": worst, "reasons": [t for lvl, t in found if lvl == level],
+            "missing": missing, "statement": _statement(level), "not_tried": not_tried(results)}
+
+
+def _rate(value: Any) -> tuple[float | None, tuple[float, float], float]:
+    """``(rate, Wilson interval, chance)`` of a cell's identification entry (rate None when absent)."""
+    if not isinstance(value, dict) or num(value.get("rate")) is None or num(value.get("chance")) is None:
+        return None, (0.0, 1.0), 1.0
+    ci = value.get("ci") if isinstance(value.get("ci"), (list, tuple)) and len(value["ci"]) == 2 else (0.0, 1.0)
+    return num(value["rate"]), (num(ci[0]) or 0.0, num(ci[1]) or 1.0), num(value["chance"])
+
+
+def _guaranteed(entry: dict, results: dict) -> bool:
+    """Whether an attacked update carried DP-SGD at ε ≤ DP_EPSILON and δ < 1/N (N: the data's images)."""
+    dp = entry.get("dp") if isinstance(entry.get("dp"), dict) else {}
+    eps, delta = num(dp.get("epsilon", entry.get("epsilon"))), num(dp.get("delta"))
+    n = num((results.get("data") or {}).get("images")) if isinstance(results.get("data"), dict) else None
+    return eps is not None and eps <= DP_EPSILON and delta is not None and (n is None or delta < 1 / n)
+
+
+def _statement(level: str) -> str:
+    if level == "not shown":
+        return ("The attacks tried here did not show leakage beyond what the attacker knew without the update. "
+                "This is not evidence of privacy: a stronger attack, a longer budget or a setting not tried may "
+                "still recover the data; only a formal guarantee (DP-SGD) earns a low level.")
+    if level == "low":
+        return (f"Nothing was shown, and every attacked update carried DP-SGD at ε ≤ {DP_EPSILON:g}: a formal "
+                "guarantee bounds what any attacker can learn from it.")
+    if level == "unknown":
+        return "Nothing was measured against a baseline, so no level is given."
+    return "The attacks learned more about the client's data than an attacker knows without its update."
+
+
+def not_tried(results: dict) -> list[str]:
+    """Threat models and settings this audit did not try (from its config), for the 'not shown' statement."""
+    config = results.get("config") if isinstance(results.get("config"), dict) else {}
+    out = ["a malicious server (one that alters the model it sends)", "colluding clients"]
+    if config:
+        if "fedavg" not in (config.get("modes") or []):
+            out.append("FedAvg weight updates")
+        if config.get("client_mode") == "eval":
+            out.append("clients in train mode (BatchNorm on batch statistics)")
+        elif config.get("client_mode") == "train":
+            out.append("clients in eval mode (the easier case for the attacker)")
+        if num(config.get("attack_steps")) is not None:
+            out.append(f"attack budgets above {config['attack_steps']} steps")
+        sizes = config.get("batch_sizes") or []
+        if sizes and max(sizes) < 8:
+            out.append(f"batches larger than {max(sizes)}")
+    return out
 
 
 def _fmt(value: float | None, spec: str = ".3g", unit: str = "") -> str:
@@ -171,25 +241,25 @@ def recommendations(results: dict) -> list[str]:
     for model, rows in _tradeoff(results).items():
         base = next((r for r in rows if _undefended(r)), None)
         base_dice = num(base.get("utility_dice")) if base else None
-        base_psnr = num(base.get("attack_psnr")) if base else None
-        defended = [r for r in rows if not _undefended(r) and num(r.get("attack_psnr")) is not None]
-        safe = [r for r in defended if num(r["attack_psnr"]) < SAFE_PSNR_DB and num(r.get("utility_dice")) is not None]
+        base_gain = num(base.get("attack_psnr_gain")) if base else None
+        defended = [r for r in rows if not _undefended(r) and num(r.get("attack_psnr_gain")) is not None]
+        safe = [r for r in defended if stops_attack(r) and num(r.get("utility_dice")) is not None]
         if safe:
             best = max(safe, key=lambda r: num(r["utility_dice"]))
             loss = f"{base_dice - num(best['utility_dice']):.3f}" if base_dice is not None else "unknown (no undefended row)"
             tested = "the only defense tested" if len(defended) == 1 else f"of the {len(defended)} defenses tested"
-            out.append(f"{model}: {tested}, {best.get('defense')} brought the attack "
-                       f"below {SAFE_PSNR_DB:g} dB PSNR ({_fmt(num(best['attack_psnr']), '.1f')} dB, from "
-                       f"{_fmt(base_psnr, '.1f')} dB undefended) with the smallest utility loss: held-out Dice "
+            out.append(f"{model}: {tested}, {best.get('defense')} left the attack no better than the attacker's "
+                       f"baseline (PSNR gain {_fmt(num(best['attack_psnr_gain']), '+.1f')} dB, from "
+                       f"{_fmt(base_gain, '+.1f')} dB undefended) with the smallest utility loss: held-out Dice "
                        f"{_fmt(num(best['utility_dice']), '.3f')} vs {_fmt(base_dice, '.3f')} (loss {loss}).")
         elif defended:
-            best = min(defended, key=lambda r: num(r["attack_psnr"]))
-            tested = (f"the only defense tested, {best.get('defense')}, did not bring the attack below {SAFE_PSNR_DB:g} dB "
-                      "PSNR: it left " if len(defended) == 1 else
-                      f"none of the {len(defended)} defenses tested brought the attack below {SAFE_PSNR_DB:g} dB PSNR; "
+            best = min(defended, key=lambda r: num(r["attack_psnr_gain"]))
+            tested = (f"the only defense tested, {best.get('defense')}, did not stop the attack beating its baseline: "
+                      "it left " if len(defended) == 1 else
+                      f"none of the {len(defended)} defenses tested stopped the attack beating its baseline; "
                       f"the best, {best.get('defense')}, left ")
-            out.append(f"{model}: {tested}"
-                       f"{_fmt(num(best['attack_psnr']), '.1f')} dB (utility Dice {_fmt(num(best.get('utility_dice')), '.3f')}). "
+            out.append(f"{model}: {tested}a PSNR gain of {_fmt(num(best['attack_psnr_gain']), '+.1f')} dB (utility Dice "
+                       f"{_fmt(num(best.get('utility_dice')), '.3f')}). "
                        "Test stronger settings (more noise, a smaller DP epsilon) before deployment.")
         for row in rows:
             dp = _dp(row)
@@ -227,7 +297,8 @@ def recommendations(results: dict) -> list[str]:
         parts = ([f"AUC {auc:.2f}"] if auc is not None else []) + \
                 ([f"TPR {num(row.get('tpr_at_1pct_fpr')):.2f} at 1 % FPR"] if num(row.get("tpr_at_1pct_fpr")) is not None else []) + \
                 ([f"class shares recovered within MAE {mae:.3g}"] if mae is not None else [])
-        strong = (auc is not None and auc >= AUC[1]) or (mae is not None and mae <= 0.05)
+        ci = row.get("auc_ci") if isinstance(row.get("auc_ci"), (list, tuple)) and len(row["auc_ci"]) == 2 else None
+        strong = auc is not None and auc >= AUC[1] and (ci is None or (num(ci[0]) or 0.0) > 0.5)
         out.append(f"{row.get('model', 'model')}: the {what} (defense {row.get('defense') or 'none'}, batch {row.get('batch_size', '?')}) "
                    f"reached {', '.join(parts)}"
                    + ("; what a batch contains leaks even without image reconstruction — aggregate updates "
@@ -238,17 +309,27 @@ def recommendations(results: dict) -> list[str]:
         out.append(f"{len(failed)} of {len(_list(results, 'runs'))} runs did not finish ({'; '.join(reasons[:3])}); "
                    "their configurations are not in the figures above — rerun them before relying on this report.")
     if level["level"] == "unknown":
-        out.append(f"No undefended attack was measured ({', '.join(level['missing'])}), so no risk level is given: "
-                   "run the audit with the 'none' defense.")
+        out.append(f"Nothing was measured against a baseline ({', '.join(level['missing'])}), so no risk level is "
+                   "given: run the audit with the 'none' defense.")
+    if level["level"] == "not shown":
+        out.append("The attacks tried did not beat their baselines; before concluding anything, try what was not "
+                   f"tried here ({'; '.join(level['not_tried'])}), or train with DP-SGD for a guarantee.")
     return out
 
 
+def stops_attack(row: dict) -> bool:
+    """A defense works when the attack on its updates no longer beats the attacker's baseline (no positive PSNR or
+    mask Dice gain)."""
+    gains = [num(row.get(k)) for k in ("attack_psnr_gain", "attack_mask_dice_gain")]
+    return any(g is not None for g in gains) and all(g is None or g <= 0 for g in gains)
+
+
 def _batch_effect(results: dict) -> list[str]:
-    """Undefended attack PSNR by batch size (cells, else runs), per model, attack and mode."""
+    """Undefended attack PSNR gain by batch size (cells, else runs), per model, attack and mode."""
     groups: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     cells = [c for c in _list(results, "cells") if _undefended(c)]
     for entry in cells or [r for r in ok_runs(results) if _undefended(r)]:
-        psnr, bs = _metric(entry, "psnr"), entry.get("batch_size")
+        psnr, bs = _metric(entry, "psnr_gain"), entry.get("batch_size")
         if psnr is not None and isinstance(bs, int) and not isinstance(bs, bool):
             groups[(entry.get("model"), entry.get("attack"), entry.get("mode", "fedsgd"))][bs].append(psnr)
     out = []
@@ -257,9 +338,10 @@ def _batch_effect(results: dict) -> list[str]:
             continue
         sizes = sorted(by_bs)
         means = [sum(by_bs[b]) / len(by_bs[b]) for b in sizes]
-        trend = ", ".join(f"{m:.1f} dB at batch {b}" for b, m in zip(sizes, means))
-        safe = next((b for b, m in zip(sizes, means) if m < SAFE_PSNR_DB), None)
-        out.append(f"{model}: undefended {attack} attack PSNR ({mode}) by batch size: {trend}; "
-                   + (f"batches of {safe} or more images fell below {SAFE_PSNR_DB:g} dB." if safe is not None
-                      else f"no batch size tested fell below {SAFE_PSNR_DB:g} dB, so larger batches alone are not a defense here."))
+        trend = ", ".join(f"{m:+.1f} dB at batch {b}" for b, m in zip(sizes, means))
+        safe = next((b for b, m in zip(sizes, means) if m <= 0), None)
+        out.append(f"{model}: undefended {attack} attack PSNR gain over the baseline ({mode}) by batch size: {trend}; "
+                   + (f"from batches of {safe} images on the attack no longer beat its baseline (on average)."
+                      if safe is not None else
+                      "it beat its baseline at every batch size tested, so larger batches alone are not a defense here."))
     return out

@@ -154,8 +154,9 @@ def context(results: dict, *, base_dir=None, redact: bool = False) -> dict:
         "dp": _dp_rows(results),
         "inference": _dicts(results.get("inference")),
         "repro": _repro(results, config),
-        "thresholds": {"psnr": findings.PSNR_DB, "ssim": findings.SSIM, "mask_dice": findings.MASK_DICE,
-                       "auc": findings.AUC, "safe_psnr": findings.SAFE_PSNR_DB},
+        "thresholds": {"psnr_gain": findings.PSNR_GAIN_DB, "ssim_gain": findings.SSIM_GAIN,
+                       "mask_dice_gain": findings.MASK_DICE_GAIN, "auc": findings.AUC,
+                       "identified": findings.IDENTIFIED, "dp_epsilon": findings.DP_EPSILON},
     }
 
 
@@ -290,7 +291,9 @@ def _tradeoffs(results: dict) -> list[dict]:
     for row in _dicts(results.get("tradeoff")):
         clean = {**row, "defense": str(row.get("defense", "?")),
                  **{k: num(row.get(k)) for k in ("epsilon", "utility_dice", "utility_iou", "attack_psnr",
-                                                 "attack_mask_dice", "attack_ssim")}}
+                                                 "attack_mask_dice", "attack_ssim", "attack_psnr_gain",
+                                                 "attack_mask_dice_gain")},
+                 "stopped": findings.stops_attack(row) if num(row.get("attack_psnr_gain")) is not None else None}
         by_model.setdefault(str(row.get("model") or "model"), []).append(clean)
     out = []
     for model, rows in by_model.items():
