@@ -49,8 +49,13 @@ def test_roc_scores_match_a_hand_computed_case():
     # positives 0.35, 0.8 vs negatives 0.1, 0.4: 3 of 4 pairs ordered right; at FPR 0 half the positives found
     auc, tpr = roc_scores([False, False, True, True], [0.1, 0.4, 0.35, 0.8])
     assert auc == pytest.approx(0.75)
-    assert tpr == pytest.approx(0.5)
-    assert roc_scores([False, True], [0.0, 1.0]) == (1.0, 1.0)
+    assert tpr is None  # 2 negatives cannot resolve a 1 % false-positive rate
+    assert roc_scores([False, True], [0.0, 1.0]) == (1.0, None)
+    # 100 negatives at 0..0.99 and positives at 0.975, 0.995, 2: one false positive (0.99) is allowed at 1 % FPR,
+    # two (0.98, 0.99 above 0.975) are not, so the positives found are 0.995 and 2: TPR 2/3
+    negatives = [i / 100 for i in range(100)]
+    auc, tpr = roc_scores([False] * 100 + [True] * 3, negatives + [0.975, 0.995, 2.0])
+    assert tpr == pytest.approx(2 / 3)
     with pytest.raises(SegauditError, match="both positive and negative"):
         roc_scores([True, True], [0.1, 0.2])
 

@@ -472,15 +472,22 @@ class InferenceResult:
         return {**{k: getattr(self, k) for k in keys}, **self.settings}
 
 
-def roc_scores(labels, scores) -> tuple[float, float]:
-    """``(AUC, TPR at 1 % FPR)`` of ``scores`` (higher = positive) against boolean ``labels``."""
+MIN_NEGATIVES_AT_1PCT = 100  # a 1 % false-positive rate is one false positive in 100 negative updates
+
+
+def roc_scores(labels, scores) -> tuple[float, float | None]:
+    """``(AUC, TPR at 1 % FPR)`` of ``scores`` (higher = positive) against boolean ``labels``.
+
+    The TPR is None with fewer than :data:`MIN_NEGATIVES_AT_1PCT` negatives: so few cannot resolve a 1 % FPR.
+    """
     from sklearn.metrics import roc_auc_score, roc_curve
 
     labels, scores = np.asarray(labels, bool), np.asarray(scores, float)
     if labels.all() or not labels.any():
         raise SegauditError("AUC needs both positive and negative updates; give at least 2 updates")
     fpr, tpr, _ = roc_curve(labels, scores)
-    return float(roc_auc_score(labels, scores)), float(tpr[fpr <= 0.01].max())
+    resolvable = (~labels).sum() >= MIN_NEGATIVES_AT_1PCT
+    return float(roc_auc_score(labels, scores)), float(tpr[fpr <= 0.01].max()) if resolvable else None
 
 
 def bootstrap_auc(labels, scores, rounds: int = 500, seed: int = 0) -> tuple[float, float]:
