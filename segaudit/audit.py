@@ -63,12 +63,15 @@ def run(config: AuditConfig, out: str | Path, *, force: bool = False, redact: bo
         >>> result.risk, result.report
     """
     from .io import check_out_dir, check_replaceable, write_json
+    import copy
+
     from .models import save_model
 
     out = Path(out)
     store_path = out / "results.sqlite"
     resuming = store_path.exists() and not force
-    in_memory = {mc.name: _with_preprocessing(mc.model, mc) for mc in config.models if mc.model is not None}
+    in_memory = {mc.name: _with_preprocessing(copy.deepcopy(mc.model), mc) for mc in config.models
+                 if mc.model is not None}  # copies: the caller's model is left as it is
     config = materialised(config, out)
     data, fingerprint = preflight(config, in_memory)  # refuses a model that does not fit before any file is written
     if force and out.exists():
@@ -89,7 +92,8 @@ def run(config: AuditConfig, out: str | Path, *, force: bool = False, redact: bo
             for name, model in in_memory.items():
                 save_model(model, model_folder(out, name))
             results, counts = _run_cells(config, data, fingerprint, out, store, executor, progress, command, log)
-            stage2 = [r for r in store.runs() if r["kind"] != "train" and r["key"] in set(store.meta()["planned"])]
+            planned = set(store.meta()["planned"])
+            stage2 = [r for r in store.runs() if r["kind"] != "train" and r["key"] in planned]
         finally:
             store.close()
     except BaseException:
@@ -162,12 +166,9 @@ def materialised(config: AuditConfig, out: str | Path) -> AuditConfig:
 
 
 def _with_preprocessing(model, mc):
-    """``model`` (a copy) with the config's ``preprocessing`` override recorded in its spec."""
-    import copy
-
+    """``model`` with the config's ``preprocessing`` override, if any, recorded in its spec (in place)."""
     from .preprocessing import Preprocessing, declare
 
-    model = copy.deepcopy(model)
     if mc.preprocessing is not None:
         channels = model.segaudit_spec["in_channels"]
         declare(model, Preprocessing.from_dict(mc.preprocessing, channels, f"model {mc.name!r}: 'preprocessing'"))
@@ -177,13 +178,8 @@ def _with_preprocessing(model, mc):
 def _load(path: str | Path, mc):
     """The checkpoint ``path`` of the model config ``mc``, with its ``preprocessing`` override."""
     from .models import load_model
-    from .preprocessing import Preprocessing
 
-    model = load_model(path)
-    if mc.preprocessing is not None:
-        model = load_model(path, preprocessing=Preprocessing.from_dict(
-            mc.preprocessing, model.segaudit_spec["in_channels"], f"model {mc.name!r}: 'preprocessing'"))
-    return model
+    return _with_preprocessing(load_model(path), mc)
 
 
 def preflight(config: AuditConfig, models: dict | None = None):
