@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .config import AuditConfig
-from .errors import SegauditError
+from .errors import NotApplicable, SegauditError
 from .store import ResultsStore, run_key
 
 Log = Callable[[str], None]
@@ -35,7 +35,7 @@ class AuditResult:
     out: Path
     report: Path | None
     cells: dict[str, int] = field(default_factory=dict)  # planned, run (now), failed, left_out (model not trained)
-    nothing_worked: bool = False  # every cell after training failed: the report rates nothing
+    nothing_worked: bool = False  # no cell after training measured anything: the report rates nothing
 
 
     @property
@@ -108,7 +108,7 @@ def run(config: AuditConfig, out: str | Path, *, force: bool = False, redact: bo
         write_html = None
     if write_html is not None:
         report = write_html(results, out / "report.html", base_dir=out, redact=redact)
-    return AuditResult(results, out, report, counts, nothing_worked=bool(stage2) and not any(map(_ok, stage2)))
+    return AuditResult(results, out, report, counts, nothing_worked=bool(stage2) and not any(map(_measured, stage2)))
 
 
 def _run_cells(config: AuditConfig, data, fingerprint: dict, out: Path, store: ResultsStore, executor, progress: bool,
@@ -129,7 +129,7 @@ def _run_cells(config: AuditConfig, data, fingerprint: dict, out: Path, store: R
     execute(executor, training, job, store, out, log, progress, desc="training")
     stage1 = plan_training(config, fingerprint)
     trained = {c.settings["model"]: store.get(c.key) for c in stage1}
-    broken = {m: (r or {}).get("error", "not trained") for m, r in trained.items() if not _ok(r)}
+    broken = {m: (r or {}).get("error", "not trained") for m, r in trained.items() if not _measured(r)}
     if len(broken) == len(trained):
         name, error = next(iter(broken.items()))
         raise SegauditError(f"model {name!r}: {error}")
@@ -370,7 +370,7 @@ def plan_cells(config: AuditConfig, data=None, fingerprint: dict | None = None) 
                 cells.append(Cell.of("tradeoff", {**of,
                     "model": mc.name, "defense": spec, "train_steps": config.tradeoff_train_steps,
                     "attack_steps": config.attack_steps, "client_mode": config.client_mode, "size": config.size,
-                    "seed": config.seeds[0]}))
+                    "images": config.images, "seed": config.seeds[0]}))
     return cells
 
 
@@ -396,14 +396,17 @@ def execute(executor, cells: list[Cell], job: Job, store: ResultsStore, out: Pat
     failed = 0
     for done in bar(executor.run(cells, job), desc=desc, total=len(cells), enabled=progress and len(cells) > 1):
         save_outcome(done, store, out)
-        if done["result"]["status"] != "ok":
-            failed += 1
+        status = done["result"]["status"]
+        if status != "ok":
+            failed += status != NOT_APPLICABLE
             shown = ", ".join(f"{k} {v}" for k, v in done["settings"].items() if k not in _CONTEXT and v is not None)
-            log(f"{done['kind']} ({shown}) failed: {done['result']['error']}")
+            log(f"{done['kind']} ({shown}) {'is not applicable' if status == NOT_APPLICABLE else 'failed'}: "
+                f"{done['result']['error']}")
     return failed
 
 
 _CONTEXT = ("data", "classes", "data_hash", "model_hash", "lr")  # in every key, left out of messages
+NOT_APPLICABLE = NotApplicable.STATUS
 
 
 def save_outcome(done: dict, store: ResultsStore, out: Path) -> None:
@@ -427,9 +430,15 @@ def pending_training(config: AuditConfig, out: Path, store: ResultsStore, finger
             if not _ok(store.get(c.key)) or (mc.trains and not model_folder(out, mc.name).exists())]
 
 
-def _ok(row: dict | None) -> bool:
-    """A stored row that needs no rerun (failed cells are retried; rows without a status predate it)."""
+def _measured(row: dict | None) -> bool:
+    """A stored row that holds a result."""
     return row is not None and row.get("status", "ok") == "ok"
+
+
+def _ok(row: dict | None) -> bool:
+    """A stored row that needs no rerun (failed cells are retried, not applicable ones are not; rows without a
+    status predate it)."""
+    return row is not None and row.get("status", "ok") in ("ok", NOT_APPLICABLE)
 
 
 # -- the worker: one cell, anywhere ------------------------------------------------------------------------------
@@ -462,6 +471,8 @@ def run_cell(cell: Cell, job: Job, model_files: dict | None = None) -> dict:
             random.seed(seed)
             try:
                 result = {"status": "ok", **_WORK[cell.kind](cell, job, tmp, model_files)}
+            except NotApplicable as e:  # a setting no real client runs: recorded, not retried
+                result = {"status": NOT_APPLICABLE, "error": str(e)}
             except Exception as e:  # noqa: BLE001 — any failure of one cell is recorded, the others go on
                 text = " ".join(str(e).split())[:300]
                 result = {"status": "failed",
@@ -558,7 +569,7 @@ def _work_attack(cell: Cell, job: Job, tmp: Path, model_files) -> dict:
                            restarts=s["restarts"], seed=s["seed"], show_progress=False)
     rec = outcome.reconstruction
     grid = Path("artefacts") / f"{cell.key}.png"
-    reconstruction_grid(batch, rec, tmp / grid,
+    reconstruction_grid(batch, rec, tmp / grid, **(knowledge.score_kwargs() if knowledge else {}),
                         title=f"{s['attack']} on {s['model']}, {s['mode']}, batch {s['batch_size']}")
     return {"metrics": outcome.metrics, "identification": outcome.identification,
             "reconstruction_status": rec.status, "images": list(batch.names),
@@ -599,7 +610,8 @@ def _work_tradeoff(cell: Cell, job: Job, tmp: Path, model_files) -> dict:
     s = cell.settings
     model = _model(s["model"], job, model_files)
     settings = TradeoffSettings(size=s["size"], batch_size=1, train_steps=s["train_steps"],
-                                attack_steps=s["attack_steps"], client_mode=s["client_mode"], seed=s["seed"])
+                                attack_steps=s["attack_steps"], client_mode=s["client_mode"], images=s["images"],
+                                seed=s["seed"])
     row = run_tradeoff(model, _data(job), [s["defense"]], settings, progress=job.progress)[0]
     if row.get("name") == "dp":
         from .privacy import make_private_model
@@ -700,20 +712,6 @@ def _mean_ci(values: list[float]) -> dict[str, Any] | None:
     return {"mean": mean, "ci": [mean - half, mean + half], "n": len(v)}
 
 
-def _identification_rates(runs: list[dict]) -> dict[str, Any]:
-    """Images (and masks) of a cell's runs picked out of their candidates, pooled, with Wilson 95 % intervals."""
-    from .metrics import wilson_interval
-
-    out: dict[str, Any] = {}
-    for prefix in ("", "mask_"):
-        hits = [h for r in runs for h in ((r.get("identification") or {}).get(f"{prefix}identified") or [])]
-        candidates = [c for r in runs if (c := (r.get("identification") or {}).get("candidates"))]
-        out[f"{prefix}identification"] = None if not hits else {
-            "rate": sum(hits) / len(hits), "ci": list(wilson_interval(sum(hits), len(hits))), "n": len(hits),
-            "chance": 1 / min(candidates) if candidates else None}
-    return out
-
-
 def _report_order(config: AuditConfig) -> Callable[[dict], tuple]:
     """Sort key of stored runs: the plan's order, whatever order the cells finished in (so executors agree)."""
     position = {"model": [m.name for m in config.models], "mode": list(config.modes),
@@ -731,6 +729,7 @@ def _report_order(config: AuditConfig) -> Callable[[dict], tuple]:
 def collect(store: ResultsStore, meta: dict[str, Any]) -> dict[str, Any]:
     """The ``results.json`` dict (schema 1) of everything in ``store``; see ``tests/data/results_example.json``."""
     from .data import load_dataset
+    from .metrics import pooled_identification
 
     config = AuditConfig.from_dict(meta["config"])
     data = load_dataset(config.data, classes=config.classes)
@@ -761,7 +760,7 @@ def collect(store: ResultsStore, meta: dict[str, Any]) -> dict[str, Any]:
             groups.setdefault(cell, []).append(r)
     cells = [{"model": m, "attack": a, "defense": d, "mode": mode, "batch_size": b, "n": len(rs),
               **{k: _mean_ci([r["metrics"].get(k) for r in rs]) for k in CELL_METRICS},
-              **_identification_rates(rs)}
+              **pooled_identification([r.get("identification") for r in rs])}
              for (m, a, d, mode, b), rs in groups.items()]
     layers = {r["model"]: r["report"] | {"chart": r.get("artefacts", {}).get("chart")}
               for r in stored("layers") if r["status"] == "ok"}

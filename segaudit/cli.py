@@ -9,6 +9,7 @@ import os
 import sys
 
 from .errors import SegauditError
+from .config import CLIENT_MODE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,8 +59,14 @@ def _add_protocol_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", choices=("fedsgd", "fedavg"), default="fedsgd")
     g.add_argument("--local-steps", type=int, default=1, help="FedAvg local steps")
     g.add_argument("--lr", type=float, default=0.01, help="the client's FedAvg learning rate")
-    g.add_argument("--client-mode", choices=("train", "eval"), default="train",
-                   help="the client's model mode (BatchNorm on batch or running statistics)")
+    _add_client_mode(g)
+
+
+def _add_client_mode(p, default: str | None = CLIENT_MODE) -> None:
+    """``--client-mode``: the same default for every command (see :data:`segaudit.types.CLIENT_MODE`)."""
+    p.add_argument("--client-mode", choices=("train", "eval"), default=default,
+                   help=f"the client's model mode: train (BatchNorm on the batch's statistics, as real clients "
+                        f"train) or eval (running statistics, the easier case for the attacker); default {CLIENT_MODE}")
 
 
 def _add_out_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -184,7 +191,8 @@ def cmd_update(args) -> int:
     model = _model_for(args, data)
     batch = make_batch(data, list(range(args.batch_size)), size=args.size, seed=args.seed, fit="crop",
                        **normalisation(model))
-    update = client_update(model, batch, mode=args.mode, local_steps=args.local_steps, lr=args.lr, loss=args.loss)
+    update = client_update(model, batch, mode=args.mode, local_steps=args.local_steps, lr=args.lr, loss=args.loss,
+                           train_mode=args.client_mode == "train")
     path = save_update(update, args.out, force=args.force)
     print(f"{update.kind} of {len(update.tensors)} tensors, norm {update.norm():.4g} -> {path}")
     return 0
@@ -299,7 +307,8 @@ def cmd_attack(args) -> int:
     with atomic_dir(out) as tmp:
         write_json(tmp / "result.json", result)
         reconstruction_grid(batch, rec, tmp / "reconstruction.png",
-                            title=f"{args.attack} on {spec['arch']}, batch {len(batch)}, {args.mode}")
+                            title=f"{args.attack} on {spec['arch']}, batch {len(batch)}, {args.mode}",
+                            **(knowledge.score_kwargs() if knowledge else {}))
     m = outcome.metrics
     shown = ", ".join(f"{k} {v:.3g}" for k, v in m.items() if v is not None and not k.startswith("baseline_")) \
         or "nothing"
@@ -362,7 +371,8 @@ def cmd_tradeoff(args) -> int:
     defenses = parse_defense_list(args.defenses if args.defenses is not None else default_defenses())
     settings = TradeoffSettings(size=args.size, batch_size=args.batch_size, train_steps=args.train_steps,
                                 train_batch_size=args.train_batch_size, lr=args.lr, attack_steps=args.attack_steps,
-                                restarts=args.restarts, client_mode=args.client_mode, seed=args.seed)
+                                restarts=args.restarts, client_mode=args.client_mode, images=args.images,
+                                seed=args.seed)
     data = load_dataset(args.data, classes=args.classes)
     model = _model_for(args, data)
 
@@ -370,7 +380,8 @@ def cmd_tradeoff(args) -> int:
         if not args.quiet:
             eps = "-" if row["epsilon"] is None else f"{row['epsilon']:.3g}"
             print(f"{row['defense']:>22}  eps {eps:>6}  utility Dice {row['utility_dice']:.3f}  "
-                  f"attack PSNR {_fmt(row['attack_psnr'])} dB  mask Dice {_fmt(row['attack_mask_dice'])}  "
+                  f"attack PSNR {_fmt(row['attack_psnr'])} dB (gain {_fmt(row['attack_psnr_gain'])})  "
+                  f"mask Dice {_fmt(row['attack_mask_dice'])} (gain {_fmt(row['attack_mask_dice_gain'])})  "
                   f"({row['runtime_s']:.0f} s)", flush=True)
 
     start = time.perf_counter()
@@ -454,8 +465,10 @@ def cmd_audit(args) -> int:
                        command=_command(args), log=lambda m: print(m, file=sys.stderr))
     where = result.report or result.out / "results.json"
     if result.nothing_worked:
-        raise SegauditError(f"every cell of the audit failed (see {where}); fix the first error above and rerun")
-    print(f"audit {config.name!r}: risk {result.risk or 'not rated'} -> {where}")
+        raise SegauditError(f"no cell of the audit measured anything (see {where}); fix the first error above "
+                            "and rerun")
+    few = f" ({config.images} image{'s' if config.images > 1 else ''} per cell: no intervals)" if config.images < 3 else ""
+    print(f"audit {config.name!r}: risk {result.risk or 'not rated'}{few} -> {where}")
     return 0
 
 
@@ -562,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-steps", type=int, default=1)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--loss", choices=("ce", "dice_ce"), default="ce")
+    _add_client_mode(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="FILE", required=True, help="output .safetensors file")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -595,8 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", metavar="FILE", help="score one image instead of --data crops")
     p.add_argument("--mask", metavar="FILE", help="the mask of --image")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--client-mode", choices=("train", "eval"), default="eval",
-                   help="the client's model mode (default eval: BatchNorm on running statistics)")
+    _add_client_mode(p)
     p.add_argument("--steps", type=int, default=30, help="attack steps per layer group (default: 30)")
     p.add_argument("--seed", type=int, default=0)
     _add_out_args(p)
@@ -623,8 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="server Adam learning rate (default: 1e-3)")
     p.add_argument("--attack-steps", type=int, default=200, help="inversion steps per defense (default: 200)")
     p.add_argument("--restarts", type=int, default=1)
-    p.add_argument("--client-mode", choices=("train", "eval"), default="eval",
-                   help="the attacked client's model mode (default: eval, the stronger attack on BatchNorm models)")
+    p.add_argument("--images", type=int, default=3, help="attacked client batches per defense (default: 3)")
+    _add_client_mode(p)
     p.add_argument("--seed", type=int, default=0)
     _add_out_args(p)
     p.set_defaults(func=cmd_tradeoff)
@@ -659,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", metavar="S,S", help="random seeds, e.g. 0,1")
     p.add_argument("--images", type=int, help="client batches per cell")
     p.add_argument("--attack-steps", type=int, help="inversion steps per attack")
-    p.add_argument("--client-mode", choices=("train", "eval"), help="the clients' model mode (default: eval)")
+    _add_client_mode(p, default=None)  # None: the config's
     p.add_argument("--inference", metavar="A,A", help=f"inference attacks ({', '.join(INFERENCE.available())}); "
                                                       "'' for none")
     p.add_argument("--property", metavar="SPEC", help="the inference property, e.g. 'nucleus>0.2' "

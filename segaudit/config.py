@@ -28,6 +28,10 @@ from typing import Any
 
 from .errors import SegauditError
 
+CLIENT_MODE = "train"
+"""The default mode of every simulated client (every command, the config and the Python API). Real clients
+train in train mode, BatchNorm normalising by the batch's own statistics; eval mode (running statistics) is
+the easier case for the attacker and is opt-in (``--client-mode eval``, ``client_mode: eval``)."""
 
 TRAIN_STEPS = 300  # a model's training budget when the audit trains it and the config names none
 
@@ -76,8 +80,10 @@ class AuditConfig:
         data, classes, size: the client data (see :func:`segaudit.data.load_dataset`) and crop size in pixels.
         attacks, attack_steps, restarts: inversion attacks (names in ``ATTACKS``) and their budget.
         modes, local_steps, lr: FedSGD and/or FedAvg (``local_steps`` SGD steps at ``lr``).
-        client_mode: ``"eval"`` (frozen BatchNorm statistics; the stronger case for the attacker) or ``"train"``.
-        images, seeds: client batches per cell and random seeds (intervals are over both).
+        client_mode: ``"train"`` (the default: BatchNorm on the batch's statistics, as real clients train) or
+            ``"eval"`` (running statistics; the easier case for the attacker).
+        images, seeds: client batches per cell (at least 3 for an interval) and random seeds (intervals are
+            over both).
         defenses: defense specs compared on utility and leakage (``"none"`` is the baseline).
         tradeoff_train_steps: training budget of each defended model.
         inference, inference_batch_sizes, inference_updates, property: inference attacks and their settings.
@@ -96,8 +102,8 @@ class AuditConfig:
     modes: tuple[str, ...] = ("fedsgd",)
     local_steps: int = 4
     lr: float = 0.01
-    client_mode: str = "eval"
-    images: int = 2
+    client_mode: str = CLIENT_MODE
+    images: int = 3
     seeds: tuple[int, ...] = (0,)
     defenses: tuple[str, ...] = ("none",)
     tradeoff_train_steps: int = 150

@@ -25,7 +25,7 @@ def demo_config(quick: bool = False) -> AuditConfig:
         name="segaudit demo",
         models=(ModelConfig("unet", arch="unet", train_steps=200, intended_use=USE),
                 ModelConfig("deeplabv3plus", arch="deeplabv3plus", train_steps=200, intended_use=USE)),
-        attack_steps=60, batch_sizes=(1, 4), modes=("fedsgd", "fedavg"), local_steps=2, images=1,
+        attack_steps=60, batch_sizes=(1, 4), modes=("fedsgd", "fedavg"), local_steps=2, images=3,
         defenses=("none", "noise:0.01", "dp:eps=8"), tradeoff_train_steps=40,
         inference=("composition", "membership"), inference_updates=40, layers=True, layer_attack_steps=6)
 

@@ -7,3 +7,10 @@ class SegauditError(ValueError):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+class NotApplicable(SegauditError):
+    """A setting no real client can run (e.g. train-mode BatchNorm on one value per channel): an audit records
+    the cell as not applicable, with this message, instead of failing it."""
+
+    STATUS = "not applicable"  # the status of such a cell in an audit's results

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .errors import SegauditError
+from .errors import NotApplicable, SegauditError
 from .losses import LOSSES, task_loss
 from .types import Batch, ClientUpdate, UpdateMeta
 
@@ -137,10 +137,10 @@ def batchnorm_guard(batch_size: int):
     except ValueError as e:
         if "Expected more than 1 value per channel" not in str(e):
             raise
-        raise SegauditError(
-            f"BatchNorm in train mode saw a single value per channel (batch of {batch_size} with a 1x1 feature "
-            "map, e.g. DeepLab's ASPP pooling): use a batch of at least 2, a larger image size, or eval mode "
-            "(--client-mode eval, train_mode=False)") from None
+        raise NotApplicable(
+            f"a client in train mode cannot train this model on a batch of {batch_size} at this size: BatchNorm "
+            "saw a single value per channel (a 1x1 feature map, e.g. DeepLab's ASPP pooling); use a batch of at "
+            "least 2, a larger image size, or eval mode (--client-mode eval, train_mode=False)") from None
 
 
 def check_update(model: nn.Module, update: ClientUpdate) -> None:

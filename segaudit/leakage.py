@@ -507,7 +507,7 @@ def combine(components: Mapping[str, float]) -> float | None:
 
 
 def layer_scores(model: nn.Module, batch: Batch, *, data=None, scorers: Sequence[str] = ("attack", "analytic",
-                 "sensitivity"), steps: int = 30, seed: int = 0, mode: str = "fedsgd", train_mode: bool = False,
+                 "sensitivity"), steps: int = 30, seed: int = 0, mode: str = "fedsgd", train_mode: bool = True,
                  probes: int = 6, full_attack: bool = True, show_progress: bool = False) -> LayerReport:
     """Score every layer group of ``model`` for the client's ``batch``.
 
@@ -519,8 +519,8 @@ def layer_scores(model: nn.Module, batch: Batch, *, data=None, scorers: Sequence
         scorers: names in :data:`LAYER_SCORERS`.
         steps: the attack budget per group (and for the full-update reference attack).
         seed: seeds the attacks and the probes.
-        mode, train_mode: the client's protocol (FedSGD in eval mode by default: BatchNorm on running
-            statistics, where the attack works best).
+        mode, train_mode: the client's protocol (FedSGD in train mode by default, as real clients train:
+            see :data:`segaudit.config.CLIENT_MODE`).
         probes: images for the sensitivity scorer (at least 2 are needed).
         full_attack: also run the attack on the whole update (the report's ``full`` entry).
         show_progress: a progress bar over groups.

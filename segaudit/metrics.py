@@ -191,6 +191,38 @@ def score(reconstruction: Reconstruction, batch: Batch, *, prior_image: torch.Te
     return out
 
 
+def baseline_guess(batch: Batch, reconstruction: Reconstruction | None = None, *,
+                   prior_image: torch.Tensor | None = None,
+                   public_masks: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor | None]:
+    """The guesses :func:`score` holds each image against: what the attacker has without the update.
+
+    Returns:
+        ``(images, masks)``: ``[N,C,H,W]`` in [0, 1], per image the higher-PSNR of its best constant image and
+        ``prior_image``; ``[N,H,W]`` class maps (``None`` unless segmentation), per mask the higher-Dice of its
+        best constant class map and the composition mask (when ``public_masks`` and the reconstruction's
+        recovered composition are given).
+    """
+    prior_unit = _prior_unit(prior_image, batch)
+    true = _unit(batch.images, batch)
+    images = []
+    for t in true:
+        guesses = [constant_image(t)] + ([prior_unit] if prior_unit is not None else [])
+        images.append(max(guesses, key=lambda g: image_scores(g, t)["psnr"]))
+    if batch.task != "segmentation":
+        return np.stack(images), None
+    k = batch.num_classes
+    public = _check_public_masks(public_masks, batch)
+    known = public is not None and reconstruction is not None
+    comp = _composition(reconstruction.extras.get("composition"), k) if known else None
+    comp_map = composition_mask(public, comp, k) if comp is not None else None
+    masks = []
+    for target in batch.masks:
+        guesses = [torch.full_like(target, best_constant_class(target, k)[0])]
+        guesses += [comp_map] if comp_map is not None else []
+        masks.append(max(guesses, key=lambda g: segmentation_scores(g, target, k)["dice"]))
+    return np.stack(images), torch.stack(masks)
+
+
 def constant_image(true: np.ndarray) -> np.ndarray:
     """The best constant guess of a ``[C,H,W]`` image in [0, 1]: every pixel at the true per-channel mean."""
     return np.broadcast_to(true.mean(axis=(1, 2), keepdims=True), true.shape).copy()
@@ -337,6 +369,24 @@ def identification(reconstruction: Reconstruction, batch: Batch, distractors: Ba
         mranks = [_rank([dice(reconstruction.masks[j], batch.masks[i])]
                         + [dice(reconstruction.masks[j], m) for m in pool.masks]) for i, j in enumerate(perm)]
         out.update(_rates(mranks, "mask_"))
+    return out
+
+
+def pooled_identification(found: Sequence[dict | None]) -> dict:
+    """Pool several :func:`identification` results (a cell's runs): images, and masks, picked out of their pools.
+
+    Returns:
+        ``{"identification": {"rate", "ci", "n", "chance"} | None, "mask_identification": ...}``: the share of
+        images identified with its Wilson 95 % interval, the number of images and the chance level (1 over the
+        smallest candidate pool); ``None`` when no image was ranked.
+    """
+    out: dict = {}
+    for prefix in ("", "mask_"):
+        hits = [h for f in found for h in ((f or {}).get(f"{prefix}identified") or [])]
+        pools = [c for f in found if (c := (f or {}).get("candidates"))]
+        out[f"{prefix}identification"] = None if not hits else {
+            "rate": sum(hits) / len(hits), "ci": list(wilson_interval(sum(hits), len(hits))), "n": len(hits),
+            "chance": 1 / min(pools) if pools else None}
     return out
 
 

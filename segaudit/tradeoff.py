@@ -31,11 +31,13 @@ import torch
 from torch import nn
 
 from .attacks import ATTACKS
+from .attacks.knowledge import attacker_data
+from .config import CLIENT_MODE
 from .data import Dataset, make_batch, split
 from .defenses import DEFENSES, Defense, parse_defense
-from .errors import SegauditError
+from .errors import NotApplicable, SegauditError
 from .fl import trainable_params
-from .metrics import score
+from .metrics import identification, pooled_identification, score
 from .preprocessing import normalisation
 from .progress import progress as _progress
 from .train import evaluate
@@ -51,8 +53,9 @@ class TradeoffSettings:
         batch_size: images in the attacked client's batch.
         train_steps, train_batch_size, lr: simulated federated training (server Adam learning rate).
         attack_steps, restarts: the inversion budget per defense.
-        client_mode: ``"eval"`` or ``"train"`` — the attacked client's model mode (train mode = BatchNorm on
-            batch statistics; see the README for why eval is the stronger test on untrained weights).
+        client_mode: ``"train"`` (the default, as real clients train: BatchNorm on batch statistics) or
+            ``"eval"`` (running statistics, the easier case for the attacker).
+        images: attacked client batches per defense (the leakage columns are their means).
         loss: the clients' loss (``"ce"``; DP-SGD needs per-sample losses).
         holdout: held-out share of the dataset (utility and the attacked batch come from it).
         seed: seeds the split, the crops, the defenses' randomness and the attack.
@@ -66,14 +69,15 @@ class TradeoffSettings:
     lr: float = 1e-3
     attack_steps: int = 200
     restarts: int = 1
-    client_mode: str = "eval"
+    client_mode: str = CLIENT_MODE
+    images: int = 3
     loss: str = "ce"
     holdout: float = 0.25
     seed: int = 0
     delta: float = 1e-5
 
     def __post_init__(self):
-        for key in ("size", "batch_size", "train_steps", "train_batch_size", "attack_steps", "restarts"):
+        for key in ("size", "batch_size", "train_steps", "train_batch_size", "attack_steps", "restarts", "images"):
             if getattr(self, key) < 1:
                 raise SegauditError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
         if self.client_mode not in ("train", "eval"):
@@ -189,34 +193,65 @@ def dp_client(model: nn.Module, defense: Defense, utility: dict) -> tuple[nn.Mod
 
 def attack_defended(model: nn.Module, dataset: Dataset, defense: Defense, settings: TradeoffSettings,
                     attack: str | None = None, progress: bool = False, **attack_options) -> dict:
-    """Attack one held-out client update made through ``defense``; the attacker knows the defense.
+    """Attack ``settings.images`` held-out client updates made through ``defense``; the attacker knows the defense.
 
     Args:
         attack: ``None`` picks the adaptive attacker (``"dropout"`` for a dropout defense, else ``"seg"``).
         **attack_options: more options of the attack (e.g. ``known_masks=True``, ``adaptive=False``).
 
     Returns:
-        ``{"attack", "attack_psnr", "attack_ssim", "attack_mse", "attack_mask_dice", "attack_mask_iou",
-        "attack_status", "attack_seconds", "adaptation", "attack_baseline_psnr", "attack_baseline_mask_dice",
-        "attack_psnr_gain", "attack_mask_dice_gain"}`` (baselines and gains: :func:`segaudit.metrics.score`).
+        The means over the attacked batches of ``{"attack_psnr", "attack_ssim", "attack_mse", "attack_mask_dice",
+        "attack_mask_iou", "attack_baseline_psnr", "attack_baseline_mask_dice", "attack_psnr_gain",
+        "attack_mask_dice_gain"}`` (baselines and gains: :func:`segaudit.metrics.score`), with ``"attack"``,
+        ``"attack_images"`` (n), ``"attack_status"``, ``"attack_seconds"``, ``"adaptation"`` and
+        ``"attack_identification"``/``"attack_mask_identification"`` (images picked out of the attacker's
+        public crops: :func:`segaudit.metrics.pooled_identification`; baselines and distractors come from
+        :func:`segaudit.attacks.knowledge.attacker_data`, the data's other images). A setting no
+        client can run (:class:`~segaudit.errors.NotApplicable`) gives null metrics and its reason as the status.
     """
     _, test_idx = split(dataset, holdout=settings.holdout, seed=settings.seed)
-    idx = [test_idx[i % len(test_idx)] for i in range(settings.batch_size)]
-    batch = make_batch(dataset, idx, size=settings.size, fit="crop", seed=settings.seed, **normalisation(model))
     attack = attack or ("dropout" if defense.name == "dropout" else "seg")
     # Opacus records activations only in train mode; the DP model has GroupNorm, which ignores the mode
     train_mode = settings.client_mode == "train" or is_dp(defense)
-    update = defense.client_update(model, batch, seed=settings.seed, loss=settings.loss, train_mode=train_mode)
-    attacker = ATTACKS.create(attack, steps=settings.attack_steps, restarts=settings.restarts, seed=settings.seed,
-                              show_progress=progress, **attack_options)
-    start = time.perf_counter()
-    rec = attacker.run(model, update, Prior.from_batch_shape(batch))
-    seconds = time.perf_counter() - start
-    m = score(rec, batch)
-    return {"attack": attack, "attack_psnr": m["psnr"], "attack_ssim": m["ssim"], "attack_mse": m["mse"],
-            "attack_mask_dice": m["mask_dice"], "attack_mask_iou": m["mask_iou"], "attack_status": rec.status,
-            "attack_seconds": seconds, "adaptation": rec.extras.get("adaptation"),
-            **{f"attack_{k}": m[k] for k in ("baseline_psnr", "baseline_mask_dice", "psnr_gain", "mask_dice_gain")}}
+    scores, found, statuses, seconds, adaptation = [], [], [], 0.0, None
+    for image in range(settings.images):
+        idx = [test_idx[(image * settings.batch_size + i) % len(test_idx)] for i in range(settings.batch_size)]
+        batch = make_batch(dataset, idx, size=settings.size, fit="crop", seed=settings.seed + image,
+                           **normalisation(model))
+        knowledge = attacker_data(dataset, batch, settings.size, fit="crop", norm=normalisation(model),
+                                  seed=settings.seed + image)
+        try:
+            update = defense.client_update(model, batch, seed=settings.seed + image, loss=settings.loss,
+                                           train_mode=train_mode)
+        except NotApplicable as e:
+            return {"attack": attack, "attack_images": 0, "attack_status": f"{NotApplicable.STATUS}: {e}",
+                    "attack_seconds": 0.0, "adaptation": None, **{f"attack_{k}": None for k in _LEAKAGE},
+                    "attack_identification": None, "attack_mask_identification": None}
+        attacker = ATTACKS.create(attack, steps=settings.attack_steps, restarts=settings.restarts,
+                                  seed=settings.seed + image, show_progress=progress, **attack_options)
+        start = time.perf_counter()
+        rec = attacker.run(model, update, Prior.from_batch_shape(batch))
+        seconds += time.perf_counter() - start
+        scores.append(score(rec, batch, **(knowledge.score_kwargs() if knowledge else {})))
+        found.append(identification(rec, batch, knowledge.public if knowledge else None))
+        statuses.append(rec.status)
+        adaptation = adaptation or rec.extras.get("adaptation")
+    pooled = pooled_identification(found)
+    return {"attack": attack, "attack_images": len(scores), "attack_status": ", ".join(sorted(set(statuses))),
+            "attack_seconds": seconds, "adaptation": adaptation,
+            **{f"attack_{k}": _mean([m[k] for m in scores]) for k in _LEAKAGE},
+            "attack_identification": pooled["identification"],
+            "attack_mask_identification": pooled["mask_identification"]}
+
+
+_LEAKAGE = ("psnr", "ssim", "mse", "mask_dice", "mask_iou", "baseline_psnr", "baseline_mask_dice", "psnr_gain",
+            "mask_dice_gain")
+
+
+def _mean(values: list) -> float | None:
+    """The mean of the values that are set (a perfect reconstruction's infinite PSNR keeps it infinite)."""
+    values = [float(v) for v in values if v is not None and not np.isnan(v)]
+    return float(np.mean(values)) if values else None
 
 
 def run_tradeoff(model: nn.Module, dataset: Dataset, defenses: list[str] | list[tuple[str, Defense]],

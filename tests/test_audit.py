@@ -18,7 +18,7 @@ from segaudit.store import ResultsStore, load_results
 def tiny_config(**kw) -> AuditConfig:
     base = dict(name="tiny", size=32, models=(ModelConfig("unet", train_steps=3),), attack_steps=2,
                 batch_sizes=(1,), images=2, defenses=("none",), inference=("composition",), inference_updates=4,
-                layers=False)
+                layers=False, client_mode="eval")  # 32 px: a train-mode client cannot train on one image
     return AuditConfig(**{**base, **kw})
 
 

@@ -31,7 +31,7 @@ from segaudit.train import evaluate, train_model
 
 THREADS = ["--threads", "1"]
 #: the smallest audit: one attack run of one step on a checkpoint, nothing else
-TINY_AUDIT = ["--size", "32", "--quick", "--attack-steps", "1", "--inference", "", "--defenses", "none",
+TINY_AUDIT = ["--size", "32", "--client-mode", "eval", "--quick", "--attack-steps", "1", "--inference", "", "--defenses", "none",
               "--no-layers", "--images", "1", "--batch-sizes", "1", *THREADS]
 FIX = "use --force to start afresh, or another --out"
 VOLATILE = {"seconds", "runtime_s", "created", "command"}
@@ -236,7 +236,7 @@ def test_an_in_memory_model_is_audited_and_another_model_cannot_resume_its_folde
     with torch.no_grad():
         next(m.parameters()).mul_(1.5)  # not the weights of model2
     base = dict(data=str(data2), size=32, attack_steps=1, batch_sizes=(1,), images=1, inference=(),
-                defenses=("none",), layers=False)
+                defenses=("none",), layers=False, client_mode="eval")
     out = tmp_path / "audit"
     result = audit.run(AuditConfig(models=(ModelConfig("mine", model=m),), **base), out, progress=False)
     [card] = result.results["models"]
@@ -486,7 +486,7 @@ def test_audit_twice_with_one_seed_is_identical_and_trains_on_a_known_split(tmp_
     config.write_text(json.dumps({
         "name": "repro", "data": str(data2), "size": 32, "models": [{"name": "net", "arch": "unet", "train_steps": 2}],
         "attack_steps": 1, "batch_sizes": [1], "images": 1, "seeds": [0], "inference": [], "layers": False,
-        "defenses": ["none"]}))
+        "defenses": ["none"], "client_mode": "eval"}))
     a, b, _ = twice(capsys, tmp_path, "audit", config, name="results.json")
     assert stable(a) == stable(b) and a["threads"] == [1]
     trained = a["models"][0]["trained"]
@@ -634,8 +634,8 @@ def test_an_audit_whose_every_cell_failed_exits_2(tmp_path, capsys, model2, data
     log = capsys.readouterr().err.strip().splitlines()
     assert log[-2:] == ["attack (model model, attack seg, defense none, mode fedsgd, batch_size 1, local_steps 1, seed 0, "
                         "image 0, steps 1, restarts 1, client_mode eval, size 32) failed: RuntimeError: boom",
-                        f"error: every cell of the audit failed (see {out / 'report.html'}); fix the first error above "
-                        "and rerun"]
+                        f"error: no cell of the audit measured anything (see {out / 'report.html'}); fix the first "
+                        "error above and rerun"]
     runs = read(out / "results.json")["runs"]
     assert [r["error"] for r in runs] == ["RuntimeError: boom"]
 

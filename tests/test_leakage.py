@@ -93,7 +93,7 @@ def test_ranking_predicts_ablation(nuclei):
     """Removing the top-scored group's update hurts the full attack more than removing the bottom one's."""
     model = _tiny()
     batch = make_batch(nuclei, [0], size=16, fit="crop", seed=0, stride=8)
-    report = layer_scores(model, batch, data=nuclei, steps=50, seed=0)
+    report = layer_scores(model, batch, data=nuclei, steps=50, seed=0, train_mode=False)
     assert report.full["psnr"] > report.baseline["psnr"] + 3  # the attack works here: the test means something
     ranked = [n for n in report.ranking() if next(g for g in report.groups if g.name == n).score is not None]
     update = client_update(model, batch, train_mode=False)
@@ -146,7 +146,7 @@ def test_check_update_cli_exit_codes_and_refusals(tmp_path, nuclei, capsys):
 
 def test_layers_cli_writes_report_and_chart(tmp_path, capsys):
     out = tmp_path / "layers"
-    code = main(["layers", "--arch", "unet", "--data", "nuclei", "--size", "32", "--steps", "1", "--quiet",
+    code = main(["layers", "--arch", "unet", "--data", "nuclei", "--size", "32", "--client-mode", "eval", "--steps", "1", "--quiet",
                  "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     payload = json.loads((out / "layers.json").read_text())

@@ -21,7 +21,8 @@ def grid(**kw) -> AuditConfig:
     """One attack at 2 seeds and composition inference on a U-Net; a PAN whose training cell fails
     (PAN needs crops of 128 px or more), so its cells are left out and the sweep goes on."""
     base = dict(name="grid", size=32, models=(UNET, PAN), attack_steps=2, batch_sizes=(1,), seeds=(0, 1), images=1,
-                defenses=("none",), inference=("composition",), inference_updates=4, layers=False)
+                defenses=("none",), inference=("composition",), inference_updates=4, layers=False,
+                client_mode="eval")  # 32 px: a train-mode client cannot train on one image
     return AuditConfig(**{**base, **kw})
 
 

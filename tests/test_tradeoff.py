@@ -37,7 +37,7 @@ def test_tradeoff_cli_tiny_budget(tmp_path, capsys):
     out = tmp_path / "sweep"
     specs = ["none", "dp:eps=8/clip=1"] if "dp" in DEFENSES else ["none", "noise:0.001"]
     assert main(["--quiet", "tradeoff", "--arch", "unet", "--data", "nuclei", "--size", "32", "--defenses",
-                 ",".join(specs), "--batch-size", "1", "--train-steps", "2", "--attack-steps", "2",
+                 ",".join(specs), "--batch-size", "1", "--train-steps", "2", "--attack-steps", "2", "--client-mode", "eval",
                  "--out", str(out)]) == 0
     result = json.loads((out / "tradeoff.json").read_text())
     rows = result["rows"]

@@ -9,7 +9,10 @@ import math
 from collections import defaultdict
 from typing import Any
 
+from ..errors import NotApplicable
+
 #: Gains over the attacker's baseline (best single image; see :func:`segaudit.metrics.score`): ``(high, medium)``.
+NOT_APPLICABLE = NotApplicable.STATUS
 PSNR_GAIN_DB = (3.0, 1.0)
 SSIM_GAIN = (0.15, 0.05)
 MASK_DICE_GAIN = (0.3, 0.1)
@@ -63,7 +66,13 @@ def ok_runs(results: dict) -> list[dict]:
 
 
 def failed_runs(results: dict) -> list[dict]:
-    return [r for r in _list(results, "runs") if r.get("status", "ok") != "ok"]
+    """Attack runs that did not finish (a rerun retries them)."""
+    return [r for r in _list(results, "runs") if r.get("status", "ok") not in ("ok", NOT_APPLICABLE)]
+
+
+def inapplicable_runs(results: dict) -> list[dict]:
+    """Attack runs whose setting no real client can run (e.g. train-mode BatchNorm on one value per channel)."""
+    return [r for r in _list(results, "runs") if r.get("status") == NOT_APPLICABLE]
 
 
 def _undefended(entry: dict) -> bool:
@@ -308,6 +317,11 @@ def recommendations(results: dict) -> list[str]:
         reasons = sorted({str(r.get("error") or r.get("status")) for r in failed})
         out.append(f"{len(failed)} of {len(_list(results, 'runs'))} runs did not finish ({'; '.join(reasons[:3])}); "
                    "their configurations are not in the figures above — rerun them before relying on this report.")
+    skipped = inapplicable_runs(results)
+    if skipped:
+        reasons = sorted({str(r.get("error")) for r in skipped})
+        out.append(f"{len(skipped)} of {len(_list(results, 'runs'))} runs are not applicable: {'; '.join(reasons[:3])}. "
+                   "No client can share such an update, so nothing is missing from the verdict.")
     if level["level"] == "unknown":
         out.append(f"Nothing was measured against a baseline ({', '.join(level['missing'])}), so no risk level is "
                    "given: run the audit with the 'none' defense.")
@@ -319,9 +333,14 @@ def recommendations(results: dict) -> list[str]:
 
 def stops_attack(row: dict) -> bool:
     """A defense works when the attack on its updates no longer beats the attacker's baseline (no positive PSNR or
-    mask Dice gain)."""
+    mask Dice gain) and picks the image out of its candidates no better than chance (the Wilson interval of the
+    identification rate reaches down to the chance level)."""
     gains = [num(row.get(k)) for k in ("attack_psnr_gain", "attack_mask_dice_gain")]
-    return any(g is not None for g in gains) and all(g is None or g <= 0 for g in gains)
+    found = row.get("attack_identification") if isinstance(row.get("attack_identification"), dict) else {}
+    ci, chance = found.get("ci"), num(found.get("chance"))
+    above_chance = isinstance(ci, (list, tuple)) and len(ci) == 2 and chance is not None and \
+        (num(ci[0]) or 0.0) > chance
+    return any(g is not None for g in gains) and all(g is None or g <= 0 for g in gains) and not above_chance
 
 
 def _batch_effect(results: dict) -> list[str]:

@@ -128,9 +128,7 @@ def context(results: dict, *, base_dir=None, redact: bool = False) -> dict:
                     "baseline_mask_dice", "psnr_gain", "ssim_gain", "mask_dice_gain"):
             row[key], row[key + "_ci"] = _mean_ci(c.get(key))
         for key in ("identification", "mask_identification"):
-            found = _dict(c.get(key))
-            row[key] = {"rate": num(found.get("rate")), "ci": found.get("ci"), "n": num(found.get("n")),
-                        "chance": num(found.get("chance"))} if found else None
+            row[key] = _rate(c.get(key))
         cells.append(row)
     status = Counter(str(r.get("status", "ok")) for r in runs)
     return {
@@ -147,7 +145,7 @@ def context(results: dict, *, base_dir=None, redact: bool = False) -> dict:
         "cells": cells,
         "has_mask_iou": any(c["mask_iou"] is not None for c in cells),
         "runs": {"total": len(runs), "status": dict(status)},
-        "failed": findings.failed_runs(results),
+        "failed": findings.failed_runs(results) + findings.inapplicable_runs(results),
         "grids": _grids(runs, base_dir, redact),
         "layers": _layers(results),
         "tradeoff": _tradeoffs(results),
@@ -192,7 +190,9 @@ def _threat(config: dict, runs: list[dict], results: dict) -> dict:
     if local is None:
         local = ", ".join(sorted({str(r["local_steps"]) for r in runs if r.get("local_steps") is not None}))
     return {"modes": values("mode"), "batch_sizes": values("batch_size"), "local_steps": local,
-            "attacks": values("attack"), "defenses": values("defense")}
+            "attacks": values("attack"), "defenses": values("defense"),
+            "client_mode": config.get("client_mode") or values("client_mode"),
+            "images": num(config.get("images"))}
 
 
 def _grids(runs: list[dict], base_dir, redact: bool) -> dict:
@@ -289,11 +289,14 @@ def _tradeoffs(results: dict) -> list[dict]:
 
     by_model: dict[str, list[dict]] = {}
     for row in _dicts(results.get("tradeoff")):
+        status = str(row.get("attack_status") or "")
         clean = {**row, "defense": str(row.get("defense", "?")),
                  **{k: num(row.get(k)) for k in ("epsilon", "utility_dice", "utility_iou", "attack_psnr",
                                                  "attack_mask_dice", "attack_ssim", "attack_psnr_gain",
                                                  "attack_mask_dice_gain")},
-                 "stopped": findings.stops_attack(row) if num(row.get("attack_psnr_gain")) is not None else None}
+                 "stopped": findings.stops_attack(row) if num(row.get("attack_psnr_gain")) is not None else None,
+                 "identified": _rate(row.get("attack_identification")),
+                 "inapplicable": status.split(": ", 1)[-1] if status.startswith(findings.NOT_APPLICABLE) else None}
         by_model.setdefault(str(row.get("model") or "model"), []).append(clean)
     out = []
     for model, rows in by_model.items():
@@ -304,6 +307,15 @@ def _tradeoffs(results: dict) -> list[dict]:
         uri, why = _chart(tradeoff_frontier, plotted)
         out.append({"model": model, "rows": rows, "chart": uri, "chart_note": why})
     return out
+
+
+def _rate(found: Any) -> dict | None:
+    """An identification ``{"rate", "ci", "n", "chance"}`` with plain numbers (None when there is none)."""
+    if not isinstance(found, dict) or num(found.get("rate")) is None:
+        return None
+    ci = found.get("ci")
+    return {"rate": num(found.get("rate")), "n": num(found.get("n")), "chance": num(found.get("chance")),
+            "ci": [num(ci[0]), num(ci[1])] if isinstance(ci, (list, tuple)) and len(ci) == 2 else None}
 
 
 def _dp_rows(results: dict) -> list[dict]:

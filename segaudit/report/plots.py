@@ -4,9 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..io import atomic_path
-from ..metrics import denormalize, match_order
+from ..metrics import baseline_guess, denormalize, match_order
 from ..types import Batch, Reconstruction
 
 
@@ -34,29 +35,38 @@ def _show(image) -> np.ndarray:
     return array[..., 0] if array.shape[-1] == 1 else array
 
 
-def reconstruction_grid(batch: Batch, rec: Reconstruction, path: str | Path, title: str = "") -> Path:
-    """One row per client image: ground truth, reconstruction, true mask, recovered mask (matched order)."""
+def reconstruction_grid(batch: Batch, rec: Reconstruction, path: str | Path, title: str = "", *,
+                        prior_image: torch.Tensor | None = None, public_masks: torch.Tensor | None = None) -> Path:
+    """One row per client image: the truth, the baseline, the reconstruction, then the same for the mask.
+
+    The baseline is :func:`segaudit.metrics.baseline_guess`: what the attacker guesses without the update, from
+    ``prior_image`` and ``public_masks`` when it has them (see :func:`segaudit.metrics.score`). Reconstructions
+    are shown in the matched order of :func:`segaudit.metrics.match_order`.
+    """
     plt = _pyplot()
     mean, std = batch.mean or (0.5,), batch.std or (0.5,)
     true = denormalize(batch.images.detach(), mean, std)
     found = denormalize(rec.images.detach(), mean, std) if rec.images is not None else None
     perm = match_order(found, true) if found is not None else None
+    base_images, base_masks = baseline_guess(batch, rec, prior_image=prior_image, public_masks=public_masks)
     seg = batch.task == "segmentation"
-    cols = ["ground truth", "reconstruction"] + (["true mask", "recovered mask"] if seg else [])
+    cols = ["truth", "baseline", "reconstruction"] + (["true mask", "baseline mask", "recovered mask"] if seg else [])
     n = len(batch)
-    fig, axes = plt.subplots(n, len(cols), figsize=(2.2 * len(cols), 2.2 * n), squeeze=False)
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.0 * len(cols), 2.1 * n), squeeze=False)
     k = max(batch.num_classes - 1, 1)
     for i in range(n):
-        panels = [_show(true[i]), _show(found[perm[i]]) if found is not None else None]
+        panels = [_show(true[i]), _show(torch.from_numpy(base_images[i])),
+                  _show(found[perm[i]]) if found is not None else None]
         if seg:
-            panels += [batch.masks[i].numpy(), rec.masks[perm[i]].numpy() if rec.masks is not None else None]
+            panels += [batch.masks[i].numpy(), None if base_masks is None else base_masks[i].numpy(),
+                       rec.masks[perm[i]].numpy() if rec.masks is not None and perm is not None else None]
         for j, (ax, panel) in enumerate(zip(axes[i], panels)):
             ax.set_axis_off()
             if i == 0:
                 ax.set_title(cols[j], fontsize=9)
             if panel is None:
                 ax.text(0.5, 0.5, "no valid\nreconstruction", ha="center", va="center", fontsize=8)
-            elif j < 2:
+            elif j < 3:
                 ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=1)
             else:
                 ax.imshow(panel, cmap="viridis", vmin=0, vmax=k, interpolation="nearest")
