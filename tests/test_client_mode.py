@@ -135,3 +135,17 @@ def test_the_attack_figure_shows_truth_baseline_and_reconstruction(tmp_path, cap
     width, height = Image.open(out / "reconstruction.png").size
     assert width > 5 * height  # one row of six panels: truth, baseline, reconstruction and the three masks
     assert json.loads((out / "result.json").read_text())["client_mode"] == CLIENT_MODE
+
+
+@pytest.mark.parametrize("name, images", [("nuclei", 16), ("data/dev/fundus", 8)])
+def test_the_attacker_holds_enough_distractors_even_in_a_small_folder(name, images):
+    from pathlib import Path
+
+    from segaudit.attacks.knowledge import attacker_data
+
+    data = load_dataset(str(Path(__file__).parents[1] / name) if "/" in name else name)
+    assert len(data) == images
+    batch = make_batch(data, [0], size=32, fit="crop", seed=0)
+    known = attacker_data(data, batch, 32, fit="crop", norm={}, seed=0)
+    stems = {n.split("@")[0] for n in known.public.names}
+    assert len(known.public) >= 31 and batch.names[0].split("@")[0] not in stems and len(stems) == images - 1

@@ -144,10 +144,14 @@ DP8 = {"epsilon": 8.0, "delta": 1e-5}
 
 @pytest.mark.parametrize("results, level", [
     ({"runs": [_run(psnr=26.5, **_gains(psnr=3.5))]}, "high"),
-    ({"runs": [_run(psnr=12.0, **_gains(mask=0.35))]}, "high"),  # the mask alone leaks
+    ({"runs": [_run(psnr=12.0, **_gains(mask=0.45))]}, "high"),  # the mask alone leaks
+    ({"runs": [_run(psnr=12.0, **_gains(mask=0.15))]}, "not shown"),  # another image's mask reaches 0.14
     ({"runs": [_run(psnr=17.0, **_gains(psnr=1.5))]}, "medium"),
-    ({"runs": [_run(psnr=12.0, **_gains(ssim=0.08))]}, "medium"),
-    ({"runs": [_run(**_gains()), _run(**_gains(psnr=4.0))]}, "high"),  # the best single image decides
+    ({"runs": [_run(psnr=12.0, **_gains(ssim=0.2))]}, "medium"),
+    ({"runs": [_run(psnr=12.0, **_gains(ssim=0.1))]}, "not shown"),  # another real image reaches 0.11
+    ({"runs": [_run(**_gains()), _run(**_gains(psnr=4.0))]}, "high"),  # without cells, the best run decides
+    ({"cells": [{"defense": "none", "psnr_gain": {"mean": 0.5}}],  # with cells, their means decide
+      "runs": [_run(**_gains()), _run(**_gains(psnr=4.0))]}, "not shown"),
     # a raw 24 dB that does not beat the flat image is nothing shown, never low: no guarantee
     ({"runs": [_run(psnr=24.0, baseline_psnr=24.5, **_gains(psnr=-0.5))]}, "not shown"),
     ({"runs": [_run(psnr=23.0, **_gains(psnr=0.0, ssim=0.0, mask=0.0))]}, "not shown"),  # the flat image itself
@@ -206,7 +210,6 @@ def test_the_flat_image_gains_nothing_and_is_not_shown():
 def test_risk_says_what_is_missing():
     found = risk({"cells": [{"defense": "none", "psnr_gain": {"mean": 1.5}}]})
     assert any("mask Dice gain" in m for m in found["missing"]) and any("inference" in m for m in found["missing"])
-    assert any("cell means" in m for m in found["missing"])
     assert found["reasons"] == ["PSNR gain +1.5 dB over the attacker's baseline (? on ?, batch ?)"]
 
 

@@ -13,6 +13,7 @@ import torch
 from ..types import Batch
 
 CROPS_PER_IMAGE = 4  # random crops per other image: 15 other nuclei tiles give 60 distractors (>= 31 needed)
+MIN_CANDIDATES = 32  # with fewer other images, more crops of each, so the pool still holds 31 distractors
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,9 @@ def attacker_data(dataset, batch: Batch, size: int, *, fit: str, norm: dict, see
     """Crops of every image of ``dataset`` whose file stem is not in ``batch`` (None when there is none).
 
     Args:
-        fit: as the client's batch was made (``"crop"``: :data:`CROPS_PER_IMAGE` random crops per image;
-            ``"resize"``: the one resized image).
+        fit: as the client's batch was made (``"crop"``: :data:`CROPS_PER_IMAGE` random crops per image, more
+            when fewer than 8 other images would give fewer than :data:`MIN_CANDIDATES`; ``"resize"``: the one
+            resized image).
         norm: ``mean``/``std`` of the client's normalisation (:func:`segaudit.preprocessing.normalisation`).
     """
     from ..data import make_batch
@@ -50,6 +52,6 @@ def attacker_data(dataset, batch: Batch, size: int, *, fit: str, norm: dict, see
     others = [i for i, name in enumerate(dataset.names) if name not in stems]
     if not others:
         return None
-    per = CROPS_PER_IMAGE if fit == "crop" else 1
+    per = max(CROPS_PER_IMAGE, -(-MIN_CANDIDATES // len(others))) if fit == "crop" else 1
     picks = [i for i in others for _ in range(per)]
     return AttackerData(make_batch(dataset, picks, size=size, fit=fit, seed=seed + 7919, stride=stride, **norm))

@@ -11,11 +11,14 @@ from typing import Any
 
 from ..errors import NotApplicable
 
-#: Gains over the attacker's baseline (best single image; see :func:`segaudit.metrics.score`): ``(high, medium)``.
 NOT_APPLICABLE = NotApplicable.STATUS
+#: Gains over the attacker's baseline (:func:`segaudit.metrics.score`), read on a cell's mean over its images (3
+#: by default): ``(high, medium)``. Each medium bar sits above the 99th percentile of cell means of guesses
+#: that know nothing of the client (another real image of the data, the attack's output for another client),
+#: each high bar above the largest such single image; ``bench/verdict_calibration.py``, docs/verdict.md.
 PSNR_GAIN_DB = (3.0, 1.0)
-SSIM_GAIN = (0.15, 0.05)
-MASK_DICE_GAIN = (0.3, 0.1)
+SSIM_GAIN = (0.3, 0.15)
+MASK_DICE_GAIN = (0.4, 0.2)
 #: Re-identification: medium when the Wilson 95 % interval of the identified share lies above chance; high when,
 #: in addition, at least this share of the images is picked out.
 IDENTIFIED = 0.5
@@ -28,7 +31,7 @@ LEVELS = ("high", "medium", "not shown", "low", "unknown")
 UNDEFENDED = ("none", "", None)
 
 RULE = (f"high if an undefended reconstruction beats the attacker's baseline by ≥ {PSNR_GAIN_DB[0]:g} dB PSNR, "
-        f"≥ {SSIM_GAIN[0]:g} SSIM or ≥ {MASK_DICE_GAIN[0]:g} mask Dice (best single image), identifies ≥ "
+        f"≥ {SSIM_GAIN[0]:g} SSIM or ≥ {MASK_DICE_GAIN[0]:g} mask Dice (a cell's mean over its images), identifies ≥ "
         f"{IDENTIFIED:.0%} of the images with its interval above chance, or an inference attack reaches AUC ≥ "
         f"{AUC[0]:g}; medium at gains ≥ {PSNR_GAIN_DB[1]:g} dB, {SSIM_GAIN[1]:g}, {MASK_DICE_GAIN[1]:g}, an "
         f"identification interval above chance or AUC ≥ {AUC[1]:g} (AUC intervals above 0.5); not shown when "
@@ -85,7 +88,7 @@ def risk(results: dict) -> dict:
     Levels (thresholds in this module; ``RULE`` states them):
 
     * **high** / **medium**: an undefended reconstruction beats the attacker's best guess without the update
-      (:func:`segaudit.metrics.score`'s ``*_gain``, best single image), the attacker re-identifies the client's
+      (:func:`segaudit.metrics.score`'s ``*_gain``, a cell's mean), the attacker re-identifies the client's
       images among distractors more often than chance (Wilson interval), or an inference attack separates
       updates (AUC, interval above 0.5).
     * **not shown**: something was measured and none of it beat its baseline. The attacks tried did not show
@@ -94,12 +97,14 @@ def risk(results: dict) -> dict:
       formal guarantee, not only an attack that failed.
     * **unknown**: nothing was measured against a baseline.
 
-    Why these numbers (``bench/attack_quality.py``, README): on an untrained U-Net at batch 1 the ``seg`` attack
-    scores 26.5 dB where the flat image at the true mean scores 23.0 dB — a gain of 3.5 dB, and the nuclei and
-    their mask (Dice 0.94) are plainly visible; so 3 dB (half the baseline's error removed twice over) is high and
-    1 dB (a fifth of it) is a clear, repeatable signal. A mask Dice gain of 0.3 over the best constant class map
-    puts the structures in their place; 0.1 still locates some. Re-identification among ≥ 31 candidates is a
-    breach when it is systematic. The best single image decides, because one exposed patient is already a breach.
+    Why these numbers (``bench/verdict_calibration.py``, docs/verdict.md): guesses that know nothing of the
+    client — another real image of the same data with its mask, or the attack's output for another client —
+    score gains whose cell means (3 images) stay below every medium bar in 99 % of cells, and no single such
+    guess reaches a high bar in PSNR; the ``seg`` attack on an untrained U-Net's eval-mode updates clears them
+    (a 3.5 dB gain there shows the nuclei and their mask, Dice 0.94, plainly). SSIM and mask Dice need higher
+    bars than PSNR because a real image of the data already shares texture and structure with the truth.
+    Re-identification is judged against chance by its Wilson interval. The verdict reads a cell's mean rather
+    than its best image: the best of many images of a noisy metric would raise false alarms.
 
     Returns:
         ``{"level", "rule", "worst", "reasons", "missing", "statement", "not_tried"}``.
@@ -108,7 +113,7 @@ def risk(results: dict) -> dict:
     cells = [c for c in _list(results, "cells") if _undefended(c)]
     trade = [{**t, "psnr_gain": t.get("attack_psnr_gain"), "mask_dice_gain": t.get("attack_mask_dice_gain"),
               "attack": t.get("attack") or "trade-off attack"} for t in _list(results, "tradeoff")]
-    source = (runs or cells) + [t for t in trade if _undefended(t)]
+    source = (cells or runs) + [t for t in trade if _undefended(t)]
     defended = [r for r in ok_runs(results) if not _undefended(r)] + [t for t in trade if not _undefended(t)]
     # the undefended updates decide; only when none was measured do the defended ones (a DP deployment)
     undefended = bool(source) or any(_undefended(r) for r in _list(results, "inference"))
@@ -169,8 +174,6 @@ def risk(results: dict) -> dict:
         level = "low"
     else:
         level = "not shown"
-    if not runs and cells:
-        missing.append("per-image runs (cell means used, so the best single image may be higher)")
     return {"level": level, "rule": RULE, "worst": worst, "reasons": [t for lvl, t in found if lvl == level],
             "missing": missing, "statement": _statement(level), "not_tried": not_tried(results)}
 
