@@ -132,6 +132,33 @@ def test_batchnorm_statistics_recovered_exactly():
                                                                 ("a", "b")), train_mode=False)) == {}
 
 
+def test_batchnorm_statistics_of_k_local_steps_are_their_weighted_mean():
+    """FedAvg, K = 3 steps on the batch: the recovered statistic is the momentum-weighted mean of the K steps'."""
+    import copy
+
+    from segaudit.attacks.priors import client_batch_stats
+
+    torch.manual_seed(0)
+    model = build_model("unet", in_channels=1, classes=2, encoder_depth=3, decoder_channels=[16, 8, 4])
+    x, y = torch.randn(2, 1, 32, 32), torch.randint(0, 2, (2, 32, 32))
+    update = client_update(model, Batch(x, y, ("a", "b")), mode="fedavg", local_steps=3, lr=0.05)
+    stats = client_batch_stats(model, update)
+    client, seen = copy.deepcopy(model).train(), []
+    client.encoder.bn1.register_forward_hook(lambda mod, inp, out: seen.append((inp[0].mean((0, 2, 3)).detach(),
+                                                                                 inp[0].var((0, 2, 3)).detach())))
+    opt = torch.optim.SGD(client.parameters(), lr=0.05)
+    for _ in range(3):  # the client's own steps, replayed
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(client(x), y).backward()
+        opt.step()
+    m = model.encoder.bn1.momentum
+    w = torch.tensor([m * (1 - m) ** (3 - k) for k in (1, 2, 3)])
+    w = w / w.sum()
+    assert not torch.allclose(seen[0][0], seen[2][0])  # the weights moved: three different statistics
+    for i in (0, 1):
+        torch.testing.assert_close(stats["encoder.bn1"][i], sum(wk * s[i] for wk, s in zip(w, seen)), atol=1e-5, rtol=1e-4)
+
+
 def test_seg_known_answer_unet_eval_mode():
     """The segmentation attack rebuilds a held-out nuclei crop and its mask from an untrained U-Net's
     FedSGD gradient (client in eval mode). These crops are dim: a flat image at the true mean already

@@ -12,7 +12,8 @@ class BatchNormPrior:
 
     A client that shares its BatchNorm buffers after one train-mode step reveals them exactly:
     ``running = (1 - m) * old + m * batch_stat`` with the momentum ``m`` and ``old`` known to the server,
-    so ``batch_stat = (running - (1 - m) * old) / m`` (variance unbiased, as PyTorch stores it).
+    so ``batch_stat = (running - (1 - m) * old) / m`` (variance unbiased, as PyTorch stores it); after K steps,
+    their weighted mean (:func:`client_batch_stats`).
     Forward hooks record the statistics of the attacker's dummy batch on its first forward of a round.
     """
 
@@ -51,10 +52,16 @@ class BatchNormPrior:
 def client_batch_stats(model: nn.Module, update: ClientUpdate) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """BatchNorm module name -> (batch mean ``[C]``, unbiased batch variance ``[C]``) revealed by ``update``.
 
-    Empty unless the update is a train-mode FedSGD step (or one FedAvg step) that shares the buffers.
+    After ``K`` train-mode steps with momentum ``m`` a running statistic is ``(1 - m)^K old + sum_k m (1 - m)^(K-k)
+    stat_k``, so ``(new - (1 - m)^K old) / (1 - (1 - m)^K)`` is exactly the weighted mean of the K steps' batch
+    statistics (weights ``m (1 - m)^(K-k)``, normalised; the statistic itself for one step, as NVFlare's
+    gradient-inversion filter and LeakPro's "inferred" BatchNorm strategy recover it). The steps of one FedAvg round
+    see weights that move by little, so it estimates the statistics of the client's batch at the global weights.
+
+    Empty unless the update is a train-mode update that shares the buffers.
     """
     meta = update.meta
-    if not meta.train_mode or not update.buffers or meta.local_steps != 1:
+    if not meta.train_mode or not update.buffers:
         return {}
     stats = {}
     for name, module in model.named_modules():
@@ -63,6 +70,7 @@ def client_batch_stats(model: nn.Module, update: ClientUpdate) -> dict[str, tupl
         new_mean, new_var = update.buffers.get(f"{name}.running_mean"), update.buffers.get(f"{name}.running_var")
         if new_mean is None or new_var is None or module.running_mean is None:
             continue
-        m = module.momentum
-        stats[name] = ((new_mean - (1 - m) * module.running_mean) / m, (new_var - (1 - m) * module.running_var) / m)
+        keep = (1 - module.momentum) ** max(meta.local_steps, 1)
+        stats[name] = ((new_mean - keep * module.running_mean) / (1 - keep),
+                       (new_var - keep * module.running_var) / (1 - keep))
     return stats
