@@ -1,8 +1,8 @@
 """``make demo``: the full audit on the bundled nuclei data, written to ``reports/demo/report.html``.
 
 Two models (U-Net and DeepLabV3+, resnet18, trained here), FedSGD and FedAvg at batch 1 and 4, inference
-attacks, per-layer scores, and the defense trade-off with DP-SGD — on a budget that fits about 15 minutes
-of 2 CPU cores (``quick``: one model, about 3 minutes).
+attacks, per-layer scores, and the defense trade-off with DP-SGD, 3 images per cell, clients in train mode — on
+a budget of about 40 CPU-minutes (``quick``: one model, 1 image per cell, about 1 minute).
 """
 from __future__ import annotations
 
