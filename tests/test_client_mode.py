@@ -72,7 +72,7 @@ def test_the_report_names_the_mode_and_the_cells_it_could_not_run(mixed):
     out, _, result = mixed
     html = (out / "report.html").read_text()
     assert "train: BatchNorm normalises by the batch's own statistics, as real clients train" in html
-    assert "not applicable" in html and "Runs not in the cells" in html
+    assert "Settings not applicable" in html and "why no client can run it" in html
     assert "n = 1, no interval" in html and "A quick audit: 1 image per cell" in html
     said = " ".join(recommendations(result.results))
     assert "1 of 2 runs are not applicable" in said and "rerun them" not in said
@@ -94,7 +94,7 @@ def test_the_tradeoff_keeps_utility_when_its_attack_is_not_applicable():
     assert row["attack_psnr"] is None and row["attack_images"] == 0 and 0 <= row["utility_dice"] <= 1
     assert not stops_attack(row)
     html = render({"tradeoff": [{**row, "model": "m"}]})
-    assert "not applicable: a client in train mode" in html
+    assert "not applicable*" in html and "*Not applicable: a client in train mode cannot train" in html
 
 
 def test_the_tradeoff_attacks_several_images_and_ranks_them():

@@ -160,8 +160,8 @@ def risk(results: dict) -> dict:
             above = not (isinstance(ci, (list, tuple)) and len(ci) == 2 and num(ci[0]) is not None and num(ci[0]) <= 0.5)
             if v >= AUC[1] and above:
                 found.append(("high" if v >= AUC[0] else "medium",
-                              f"inference AUC {v:.2f} ({r.get('attack', '?')} {r.get('property') or ''}, batch "
-                              f"{r.get('batch_size', '?')})".replace(" ,", ",")))
+                              f"inference AUC {v:.2f} ({r.get('attack', '?')} {r.get('property') or ''} on "
+                              f"{r.get('model', '?')}, batch {r.get('batch_size', '?')})".replace("  ", " ")))
     else:
         missing.append("inference AUC")
     measured = bool(worst)

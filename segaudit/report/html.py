@@ -145,7 +145,8 @@ def context(results: dict, *, base_dir=None, redact: bool = False) -> dict:
         "cells": cells,
         "has_mask_iou": any(c["mask_iou"] is not None for c in cells),
         "runs": {"total": len(runs), "status": dict(status)},
-        "failed": findings.failed_runs(results) + findings.inapplicable_runs(results),
+        "failed": findings.failed_runs(results),
+        "skipped": _skipped(findings.inapplicable_runs(results)),
         "grids": _grids(runs, base_dir, redact),
         "layers": _layers(results),
         "tradeoff": _tradeoffs(results),
@@ -307,6 +308,15 @@ def _tradeoffs(results: dict) -> list[dict]:
         uri, why = _chart(tradeoff_frontier, plotted)
         out.append({"model": model, "rows": rows, "chart": uri, "chart_note": why})
     return out
+
+
+def _skipped(runs: list[dict]) -> list[dict]:
+    """Not applicable runs grouped by setting (model, attack, mode, batch), with their count and reason."""
+    groups: dict[tuple, dict] = {}
+    for r in runs:
+        key = tuple(str(r.get(k) or "—") for k in ("model", "attack", "mode", "batch_size"))
+        groups.setdefault(key, {"setting": key, "runs": 0, "reason": str(r.get("error") or "")})["runs"] += 1
+    return list(groups.values())
 
 
 def _rate(found: Any) -> dict | None:

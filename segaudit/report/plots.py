@@ -95,16 +95,18 @@ def layer_scores_chart(report, path: str | Path) -> Path:
 
 
 def tradeoff_frontier(rows: list[dict], path: str | Path, title: str = "") -> Path:
-    """Utility (held-out Dice) against leakage (attack PSNR, and recovered-mask Dice) per defense.
+    """Utility (held-out Dice) against leakage (the attack's PSNR and recovered-mask Dice gains over the attacker's
+    baseline; 0, dotted, is what the attacker knew without the update) per defense.
 
     Args:
-        rows: ``segaudit.tradeoff.run_tradeoff`` rows (``defense``, ``utility_dice``, ``attack_psnr``,
-            ``attack_mask_dice``, ``epsilon``); rows missing a value are left out of that panel.
+        rows: ``segaudit.tradeoff.run_tradeoff`` rows (``defense``, ``utility_dice``, ``attack_psnr_gain``,
+            ``attack_mask_dice_gain``, ``epsilon``); rows missing a value are left out of that panel.
     """
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
-    for ax, key, label in ((axes[0], "attack_psnr", "attack PSNR (dB)  ← more private"),
-                           (axes[1], "attack_mask_dice", "recovered-mask Dice  ← more private")):
+    for ax, key, label in ((axes[0], "attack_psnr_gain", "attack PSNR gain over its baseline (dB)  ← more private"),
+                           (axes[1], "attack_mask_dice_gain", "recovered-mask Dice gain over its baseline  ← more private")):
+        ax.axvline(0.0, color="gray", lw=1, ls=":", zorder=1)
         pts = [(r[key], r["utility_dice"], r) for r in rows if r.get(key) is not None and r.get("utility_dice") is not None]
         for x, y, r in pts:
             dp = r.get("epsilon") is not None
