@@ -20,7 +20,7 @@ def test_run_tradeoff_tiny_model():
     """The API on a tiny U-Net: one row per defense, the adaptive attacker chosen per defense."""
     torch.manual_seed(0)
     model = build_model("unet", in_channels=1, classes=2, encoder_depth=3, decoder_channels=[16, 8, 4])
-    settings = TradeoffSettings(size=32, batch_size=1, train_steps=2, train_batch_size=2, attack_steps=2)
+    settings = TradeoffSettings(size=32, batch_size=1, train_steps=2, train_batch_size=2, attack_steps=2, images=1)
     seen = []
     rows = run_tradeoff(model, load_dataset("nuclei"), ["none", "prune:0.9", "dropout:0.5", "localsteps:2"],
                         settings, on_row=seen.append)
