@@ -112,6 +112,8 @@ def cmd_train(args) -> int:
     from .models import save_model
     from .train import train_model
 
+    if args.steps is not None and args.steps < 1:  # before the data and the model are loaded
+        raise SegauditError(f"steps must be at least 1, got {args.steps}")
     out = check_out_dir(args.out, args.force)
     dp_spec = _dp_spec(args)  # refuses DP options without --dp before any work
     data = load_dataset(args.data, classes=args.classes)
@@ -278,17 +280,21 @@ def _knowledge(args, data, batch, model):
 
 
 def cmd_attack(args) -> int:
+    from .attacks import ATTACKS
     from .attacks.runner import attack_batch
     from .io import atomic_dir, check_out_dir, write_json
     from .models import model_spec
     from .report.plots import reconstruction_grid
 
+    if args.batch_size < 1:  # before any model is built: a bad budget fails at once
+        raise SegauditError(f"--batch-size must be at least 1, got {args.batch_size}")
+    budget = {"steps": args.steps} if args.steps is not None else {}
+    ATTACKS.create(args.attack, restarts=args.restarts, **budget)  # refuses a bad budget before any work
     out = check_out_dir(args.out, args.force)
     data = _attack_data(args)
     model = _model_for(args, data)
     batch = _attack_batch(args, data, model)
     knowledge = _knowledge(args, data, batch, model)
-    budget = {"steps": args.steps} if args.steps is not None else {}
     outcome = attack_batch(model, batch, args.attack, mode=args.mode, local_steps=args.local_steps, lr=args.lr,
                            train_mode=args.client_mode == "train", restarts=args.restarts, seed=args.seed,
                            show_progress=not args.quiet, knowledge=knowledge, **budget)

@@ -78,10 +78,12 @@ def test_the_report_names_the_mode_and_the_cells_it_could_not_run(mixed):
     assert "1 of 2 runs are not applicable" in said and "rerun them" not in said
 
 
-def test_an_audit_whose_every_cell_is_not_applicable_exits_2(tmp_path, capsys):
+def test_an_audit_whose_every_cell_is_not_applicable_exits_2(mixed, tmp_path, capsys):
     out = tmp_path / "a"
-    code = main(["--quiet", "audit", "--arch", "unet", "--data", "nuclei", "--size", "32", "--quick", "--batch-sizes",
-                 "1", "--inference", "", "--no-layers", "--defenses", "none", "--attack-steps", "1", "--out", str(out)])
+    model = audit.model_folder(mixed[0], "unet")  # the trained model of the mixed audit
+    code = main(["--quiet", "audit", "--model", str(model), "--data", "nuclei", "--size", "32", "--quick",
+                 "--batch-sizes", "1", "--inference", "", "--no-layers", "--defenses", "none", "--attack-steps", "1",
+                 "--out", str(out)])
     assert code == 2
     assert "error: no cell of the audit measured anything" in capsys.readouterr().err
 
