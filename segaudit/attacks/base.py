@@ -20,7 +20,21 @@ from ..types import ClientUpdate, Prior, Reconstruction
 
 
 class Attack(ABC):
-    """Base class of every attack. Subclasses implement :meth:`_run` on validated inputs."""
+    """Base class of every attack. Subclasses implement :meth:`_run` on validated inputs.
+
+    ``threat`` names the attacker: an honest-but-curious server runs the protocol as agreed and attacks the
+    model it was going to send anyway; a ``"malicious server"`` attack alters that model first (:meth:`send`).
+    """
+
+    threat = "honest-but-curious server"
+
+    def send(self, model: nn.Module, prior: Prior, public: torch.Tensor | None = None) -> nn.Module:
+        """The model the server sends the client: ``model`` itself, unless the attacker is malicious.
+
+        Args:
+            public: ``[M,C,H,W]`` normalised images the server holds (never the client's).
+        """
+        return model
 
     def run(self, model: nn.Module, update: ClientUpdate, prior: Prior) -> Reconstruction:
         """Attack ``update`` of ``model``; the model itself is never modified.

@@ -37,7 +37,8 @@ def attack_batch(model: nn.Module, batch: Batch, attack: str = "seg", *, mode: s
         attack: a name in :data:`~segaudit.attacks.ATTACKS` (``"dlg"``, ``"ig"``, ``"seg"``).
         mode, local_steps, lr, loss, train_mode: the client's protocol (see :func:`segaudit.fl.client_update`).
         knowledge: images and masks the attacker holds (not the client's): the baselines' prior image and public
-            masks, and the distractors for re-identification (see :mod:`segaudit.attacks.knowledge`).
+            masks, the distractors for re-identification (see :mod:`segaudit.attacks.knowledge`), and what a
+            malicious attacker tunes the model it sends to (:meth:`~segaudit.attacks.base.Attack.send`).
         **attack_options: e.g. ``steps``, ``restarts``, ``seed``, ``show_progress``.
 
     Example:
@@ -45,12 +46,13 @@ def attack_batch(model: nn.Module, batch: Batch, attack: str = "seg", *, mode: s
         >>> outcome.metrics["psnr"], outcome.metrics["mask_dice"]
     """
     attacker = ATTACKS.create(attack, **attack_options)
-    update = client_update(model, batch, mode=mode, local_steps=local_steps, lr=lr, loss=loss, train_mode=train_mode)
     prior = Prior.from_batch_shape(batch)
+    sent = attacker.send(model, prior, knowledge.public.images if knowledge is not None else None)
+    update = client_update(sent, batch, mode=mode, local_steps=local_steps, lr=lr, loss=loss, train_mode=train_mode)
     start = time.perf_counter()
-    rec = attacker.run(model, update, prior)
+    rec = attacker.run(sent, update, prior)
     runtime = time.perf_counter() - start
-    settings = {"attack": attack, "mode": mode, "local_steps": local_steps, "lr": lr, "loss": loss,
+    settings = {"attack": attack, "threat": attacker.threat, "mode": mode, "local_steps": local_steps, "lr": lr, "loss": loss,
                 "train_mode": train_mode,
                 **{k: getattr(attacker, k) for k in ("steps", "restarts", "seed", "objective") if hasattr(attacker, k)}}
     extra = knowledge.score_kwargs() if knowledge is not None else {}
