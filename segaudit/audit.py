@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .config import AuditConfig
+from .config import HONEST_SERVER, AuditConfig
 from .errors import NotApplicable, SegauditError
 from .store import ResultsStore, run_key
 
@@ -571,7 +571,7 @@ def _work_attack(cell: Cell, job: Job, tmp: Path, model_files) -> dict:
     grid = Path("artefacts") / f"{cell.key}.png"
     reconstruction_grid(batch, rec, tmp / grid, **(knowledge.score_kwargs() if knowledge else {}),
                         title=f"{s['attack']} on {s['model']}, {s['mode']}, batch {s['batch_size']}")
-    return {"metrics": outcome.metrics, "identification": outcome.identification,
+    return {"metrics": outcome.metrics, "identification": outcome.identification, "threat": outcome.settings["threat"],
             "reconstruction_status": rec.status, "images": list(batch.names),
             "threads": torch.get_num_threads(), "artefacts": {"grid": grid.as_posix()}}
 
@@ -759,6 +759,7 @@ def collect(store: ResultsStore, meta: dict[str, Any]) -> dict[str, Any]:
             cell = (r["model"], r["attack"], r["defense"], r["mode"], r["batch_size"])
             groups.setdefault(cell, []).append(r)
     cells = [{"model": m, "attack": a, "defense": d, "mode": mode, "batch_size": b, "n": len(rs),
+              "threat": rs[0].get("threat", HONEST_SERVER),
               **{k: _mean_ci([r["metrics"].get(k) for r in rs]) for k in CELL_METRICS},
               **pooled_identification([r.get("identification") for r in rs])}
              for (m, a, d, mode, b), rs in groups.items()]

@@ -281,6 +281,7 @@ def _knowledge(args, data, batch, model):
 
 def cmd_attack(args) -> int:
     from .attacks import ATTACKS
+    from .config import HONEST_SERVER
     from .attacks.runner import attack_batch
     from .io import atomic_dir, check_out_dir, write_json
     from .models import model_spec
@@ -300,11 +301,13 @@ def cmd_attack(args) -> int:
                            show_progress=not args.quiet, knowledge=knowledge, **budget)
     spec = model_spec(model)
     rec = outcome.reconstruction
-    result = {"attack": args.attack, "arch": spec["arch"], "encoder": spec["encoder"], "batch_size": len(batch),
-              "steps": outcome.settings["steps"], "restarts": args.restarts, "mode": args.mode,
-              "local_steps": args.local_steps,
+    found = outcome.identification
+    metrics = {**outcome.metrics, **{k: found.get(k) for k in ("identification_rate", "mask_identification_rate")}}
+    result = {"attack": args.attack, "threat": outcome.settings["threat"], "arch": spec["arch"],
+              "encoder": spec["encoder"], "batch_size": len(batch), "steps": outcome.settings["steps"],
+              "restarts": args.restarts, "mode": args.mode, "local_steps": args.local_steps,
               "client_mode": args.client_mode, "size": args.size, "seed": args.seed,
-              "runtime_s": outcome.runtime_s, "status": rec.status, "metrics": outcome.metrics,
+              "runtime_s": outcome.runtime_s, "status": rec.status, "metrics": metrics,
               "restart_losses": rec.restart_losses, "restart_status": rec.restart_status,
               "images": list(batch.names), "fit": _fit(data, args.size), "identification": outcome.identification,
               **_environment()}
@@ -313,10 +316,10 @@ def cmd_attack(args) -> int:
     with atomic_dir(out) as tmp:
         write_json(tmp / "result.json", result)
         reconstruction_grid(batch, rec, tmp / "reconstruction.png",
-                            title=f"{args.attack} on {spec['arch']}, batch {len(batch)}, {args.mode}",
+                            title=f"{args.attack} on {spec['arch']}, batch {len(batch)}, {args.mode}"
+                                  + ("" if outcome.settings["threat"] == HONEST_SERVER else f" ({outcome.settings['threat']})"),
                             **(knowledge.score_kwargs() if knowledge else {}))
-    m = outcome.metrics
-    shown = ", ".join(f"{k} {v:.3g}" for k, v in m.items() if v is not None and not k.startswith("baseline_")) \
+    shown = ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if v is not None and not k.startswith("baseline_")) \
         or "nothing"
     scaled = f"; images scaled and padded to {args.size} px (smallest side {data.min_size})" \
         if result["fit"] == "resize" else ""

@@ -29,6 +29,9 @@ from typing import Any
 from .errors import SegauditError
 
 CLIENT_MODE = "train"
+#: The attackers (``Attack.threat``): the protocol's honest-but-curious server, and the opt-in worst case of a
+#: server that alters the model it sends (the verdict reads only the first; the report shows the second apart).
+HONEST_SERVER, MALICIOUS_SERVER = "honest-but-curious server", "malicious server"
 """The default mode of every simulated client (every command, the config and the Python API). Real clients
 train in train mode, BatchNorm normalising by the batch's own statistics; eval mode (running statistics) is
 the easier case for the attacker and is opt-in (``--client-mode eval``, ``client_mode: eval``)."""

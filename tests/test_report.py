@@ -326,3 +326,21 @@ def test_figure_titles_take_names_with_dollar_signs_as_text(tmp_path):
     path = reconstruction_grid(batch, Reconstruction(batch.images, batch.masks), tmp_path / "grid.png", title=name)
     assert path.read_bytes().startswith(b"\x89PNG")
     assert roc_plot([0, 1], [0.2, 0.8], tmp_path / "roc.png", title=name).is_file()
+
+
+def test_the_malicious_server_worst_case_stays_out_of_the_verdict_and_is_labelled():
+    honest = {"model": "m", "attack": "seg", "defense": "none", "mode": "fedsgd", "batch_size": 8, "n": 3,
+              "psnr_gain": {"mean": -2.0}, "threat": "honest-but-curious server"}
+    trapped = {**honest, "attack": "imprint", "psnr_gain": {"mean": 120.0}, "mask_dice_gain": {"mean": 0.6},
+               "threat": "malicious server",
+               "identification": {"rate": 1.0, "ci": [0.6, 1.0], "n": 8, "chance": 1 / 32}}
+    results = {"cells": [honest, trapped], "runs": [{**_run(**_gains(psnr=120.0)), "attack": "imprint",
+                                                      "threat": "malicious server"}], "config": {}}
+    found = risk(results)
+    assert found["level"] == "not shown" and not any("imprint" in r for r in found["reasons"])
+    assert not any("malicious server" in t for t in found["not_tried"])  # it was tried, as the worst case
+    assert any("malicious server" in t for t in risk({"cells": [honest]})["not_tried"])
+    text = render(results)
+    assert "Malicious-server worst case (opt-in)" in text and "they do not enter the risk level" in text
+    assert "Out of scope: a malicious server" not in text
+    assert "Out of scope: a malicious server" in render({"cells": [honest]})

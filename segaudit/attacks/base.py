@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..config import HONEST_SERVER
 from ..errors import SegauditError
 from ..fl import check_update
 from ..registry import Registry
@@ -22,11 +23,12 @@ from ..types import ClientUpdate, Prior, Reconstruction
 class Attack(ABC):
     """Base class of every attack. Subclasses implement :meth:`_run` on validated inputs.
 
-    ``threat`` names the attacker: an honest-but-curious server runs the protocol as agreed and attacks the
-    model it was going to send anyway; a ``"malicious server"`` attack alters that model first (:meth:`send`).
+    ``threat`` names the attacker (:data:`segaudit.config.HONEST_SERVER`): an honest-but-curious server runs the
+    protocol as agreed and attacks the model it was going to send anyway; a malicious server
+    (:data:`~segaudit.config.MALICIOUS_SERVER`) alters that model first (:meth:`send`).
     """
 
-    threat = "honest-but-curious server"
+    threat = HONEST_SERVER
 
     def send(self, model: nn.Module, prior: Prior, public: torch.Tensor | None = None) -> nn.Module:
         """The model the server sends the client: ``model`` itself, unless the attacker is malicious.

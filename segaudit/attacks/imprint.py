@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..config import MALICIOUS_SERVER
 from ..errors import SegauditError
 from ..types import ClientUpdate, Prior, Reconstruction
 from .base import ATTACKS, Attack, box_bounds
@@ -147,7 +148,7 @@ class ImprintAttack(Attack):
         show_progress: accepted as by every attack; the recovery is too short to need a bar.
     """
 
-    threat = "malicious server"
+    threat = MALICIOUS_SERVER
     bins: int = 128
     steps: int = 150
     restarts: int = 1

@@ -9,6 +9,7 @@ import math
 from collections import defaultdict
 from typing import Any
 
+from ..config import MALICIOUS_SERVER
 from ..errors import NotApplicable
 
 NOT_APPLICABLE = NotApplicable.STATUS
@@ -63,9 +64,24 @@ def _metric(entry: dict, key: str) -> float | None:
 
 
 def ok_runs(results: dict) -> list[dict]:
-    """Attack runs that finished (``status`` ok or absent)."""
-    return [r for r in _list(results, "runs")
-            if r.get("kind", "attack") == "attack" and r.get("status", "ok") == "ok"]
+    """Attack runs of the honest-but-curious server that finished (``status`` ok or absent)."""
+    return [r for r in _list(results, "runs") if r.get("kind", "attack") == "attack"
+            and r.get("status", "ok") == "ok" and not malicious(r)]
+
+
+def malicious(entry: dict) -> bool:
+    """Whether a run or cell is the malicious-server worst case (kept out of the verdict, shown apart)."""
+    return entry.get("threat") == MALICIOUS_SERVER
+
+
+def honest_cells(results: dict) -> list[dict]:
+    """The cells of the honest-but-curious server: what the verdict reads."""
+    return [c for c in _list(results, "cells") if not malicious(c)]
+
+
+def worst_case(results: dict) -> list[dict]:
+    """The malicious-server cells (``threat`` = :data:`~segaudit.config.MALICIOUS_SERVER`), for their own table."""
+    return [c for c in _list(results, "cells") if malicious(c)]
 
 
 def failed_runs(results: dict) -> list[dict]:
@@ -110,7 +126,7 @@ def risk(results: dict) -> dict:
         ``{"level", "rule", "worst", "reasons", "missing", "statement", "not_tried"}``.
     """
     runs = [r for r in ok_runs(results) if _undefended(r)]
-    cells = [c for c in _list(results, "cells") if _undefended(c)]
+    cells = [c for c in honest_cells(results) if _undefended(c)]
     trade = [{**t, "psnr_gain": t.get("attack_psnr_gain"), "mask_dice_gain": t.get("attack_mask_dice_gain"),
               "attack": t.get("attack") or "trade-off attack"} for t in _list(results, "tradeoff")]
     source = (cells or runs) + [t for t in trade if _undefended(t)]
@@ -140,7 +156,7 @@ def risk(results: dict) -> dict:
             found.append(("high" if value >= high else "medium",
                           f"{label} {value:+.3g}{unit} over the attacker's baseline ({where})"))
     for key, label in (("identification", "images"), ("mask_identification", "masks")):
-        for cell in (c for c in _list(results, "cells") if _undefended(c) == undefended):
+        for cell in (c for c in honest_cells(results) if _undefended(c) == undefended):
             rate, ci, chance = _rate(cell.get(key))
             if rate is None:
                 continue
@@ -210,7 +226,7 @@ def _statement(level: str) -> str:
 def not_tried(results: dict) -> list[str]:
     """Threat models and settings this audit did not try (from its config), for the 'not shown' statement."""
     config = results.get("config") if isinstance(results.get("config"), dict) else {}
-    out = ["a malicious server (one that alters the model it sends)", "colluding clients"]
+    out = ([] if worst_case(results) else ["a malicious server (one that alters the model it sends)"]) + ["colluding clients"]
     if config:
         if "fedavg" not in (config.get("modes") or []):
             out.append("FedAvg weight updates")
@@ -349,7 +365,7 @@ def stops_attack(row: dict) -> bool:
 def _batch_effect(results: dict) -> list[str]:
     """Undefended attack PSNR gain by batch size (cells, else runs), per model, attack and mode."""
     groups: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    cells = [c for c in _list(results, "cells") if _undefended(c)]
+    cells = [c for c in honest_cells(results) if _undefended(c)]
     for entry in cells or [r for r in ok_runs(results) if _undefended(r)]:
         psnr, bs = _metric(entry, "psnr_gain"), entry.get("batch_size")
         if psnr is not None and isinstance(bs, int) and not isinstance(bs, bool):

@@ -124,6 +124,7 @@ def context(results: dict, *, base_dir=None, redact: bool = False) -> dict:
     cells = []
     for c in _dicts(results.get("cells")):
         row = {k: c.get(k) for k in ("model", "attack", "defense", "mode", "batch_size", "n")}
+        row["malicious"] = findings.malicious(c)
         for key in ("psnr", "ssim", "mask_dice", "mask_iou", "mse", "baseline_psnr", "baseline_ssim",
                     "baseline_mask_dice", "psnr_gain", "ssim_gain", "mask_dice_gain"):
             row[key], row[key + "_ci"] = _mean_ci(c.get(key))
@@ -193,7 +194,7 @@ def _threat(config: dict, runs: list[dict], results: dict) -> dict:
     return {"modes": values("mode"), "batch_sizes": values("batch_size"), "local_steps": local,
             "attacks": values("attack"), "defenses": values("defense"),
             "client_mode": config.get("client_mode") or values("client_mode"),
-            "images": num(config.get("images"))}
+            "images": num(config.get("images")), "malicious": bool(findings.worst_case(results))}
 
 
 def _grids(runs: list[dict], base_dir, redact: bool) -> dict:

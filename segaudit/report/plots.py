@@ -20,9 +20,10 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
-    """Lay out ``fig``, write it as a PNG atomically and free it."""
-    fig.tight_layout()
+def _save(fig, path: str | Path, top: float = 1.0) -> Path:
+    """Lay out ``fig`` below ``top`` (a figure fraction; a suptitle goes above it), write it as a PNG atomically
+    and free it."""
+    fig.tight_layout(rect=(0, 0, 1, top))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     _pyplot().close(fig)
@@ -72,7 +73,7 @@ def reconstruction_grid(batch: Batch, rec: Reconstruction, path: str | Path, tit
                 ax.imshow(panel, cmap="viridis", vmin=0, vmax=k, interpolation="nearest")
     if title:
         fig.suptitle(title, fontsize=9, parse_math=False)  # titles carry user names: "$" is not maths
-    return _save(fig, path)
+    return _save(fig, path, top=1 - 0.3 / fig.get_figheight() if title else 1.0)  # 0.3 in for the title
 
 
 def layer_scores_chart(report, path: str | Path) -> Path:
