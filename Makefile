@@ -10,6 +10,8 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0 torchvision==0.28.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
+# test files run on this many pytest-xdist workers (one torch thread each; a file's tests stay on one worker)
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test bench clean-venv
 
@@ -29,7 +31,7 @@ demo: $(BIN)/.segaudit-installed
 	$(BIN)/segaudit demo --out reports/demo --force
 
 test: $(BIN)/.segaudit-installed
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(BIN)/.segaudit-installed
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

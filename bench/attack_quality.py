@@ -9,6 +9,9 @@ mask Dice with its baseline, the re-identification rate among the data's other c
 less), and seconds per attack. The attacker never sees the batch. Threads: `torch.set_num_threads(--threads)`,
 default 1 (pin OMP_NUM_THREADS as well).
 
+The malicious-server worst case: `--attack imprint` (steps = its mask solver's iterations; an exact image scores
+about 150 dB, float32 rounding).
+
 Run: OMP_NUM_THREADS=1 .venv/bin/python bench/attack_quality.py [--data nuclei,data/dev/fundus] [--states untrained]
      [--client-modes eval] [--modes fedsgd] [--batches 1] [--sizes 64] [--steps 200] [--restarts 1] [--images 3]
 """
@@ -33,6 +36,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="nuclei,brain_mri")
     ap.add_argument("--arch", default="unet")
+    ap.add_argument("--attack", default="seg", help="seg (honest-but-curious server) or imprint (malicious server)")
     ap.add_argument("--states", default="untrained,trained")
     ap.add_argument("--client-modes", default="eval,train")
     ap.add_argument("--modes", default="fedsgd,fedavg")
@@ -46,7 +50,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"seg attack, {args.steps} steps x {args.restarts} restart(s), {args.arch}-resnet18, {args.images} client "
+    print(f"{args.attack} attack, {args.steps} steps x {args.restarts} restart(s), {args.arch}-resnet18, {args.images} client "
           f"batches per row, {torch.get_num_threads()} thread(s)")
     print("| data | weights | client | protocol | batch | px | " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * (6 + len(COLUMNS)))
@@ -79,7 +83,7 @@ def attack_row(model, data, heldout, size, client, mode, n, args) -> str:
         knowledge = attacker_data(data, batch, size, fit="crop", norm=norm, seed=args.seed + image)
         start = time.perf_counter()
         try:
-            out = attack_batch(model, batch, "seg", mode=mode, local_steps=args.local_steps if mode == "fedavg" else 1,
+            out = attack_batch(model, batch, args.attack, mode=mode, local_steps=args.local_steps if mode == "fedavg" else 1,
                                train_mode=client == "train", knowledge=knowledge, steps=args.steps,
                                restarts=args.restarts, seed=args.seed + image)
         except ValueError as e:  # a setting no client can run (SegauditError / NotApplicable)

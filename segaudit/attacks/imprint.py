@@ -46,9 +46,9 @@ class ImprintBlock(nn.Module):
     """The trap: ``[N,C,H,W] -> [N,C,H,W]``, ``x + gain * v * sum_i relu(q . x - t_i)``.
 
     Args:
-        query: ``[D]`` the query direction (unit norm).
-        thresholds: ``[n]`` increasing thresholds on ``q . x``.
-        back: ``[D]`` the direction back to the input (unit norm), a fixed buffer.
+        query: ``[D]`` the query every row starts with.
+        thresholds: ``[n]`` increasing thresholds on ``q . x`` (the biases are their negatives).
+        back: ``[D]`` the direction back to the input, a fixed buffer.
         gain: scale of the perturbation of the input.
     """
 
@@ -76,7 +76,7 @@ class TrappedModel(nn.Module):
         return self.model(self.imprint(x))
 
 
-def trap_model(model: nn.Module, prior: Prior, public: torch.Tensor | None = None, bins: int = 128,
+def trap_model(model: nn.Module, prior: Prior, public: torch.Tensor | None, bins: int = 128,
                seed: int = 0) -> TrappedModel:
     """A copy of ``model`` behind an :class:`ImprintBlock` of ``bins`` rows for images of ``prior.image_shape``.
 
@@ -87,15 +87,15 @@ def trap_model(model: nn.Module, prior: Prior, public: torch.Tensor | None = Non
     """
     if bins < 2:
         raise SegauditError(f"the imprint block needs at least 2 bins, got {bins}")
+    if public is None or len(public) < 2:
+        raise SegauditError("the imprint attack places its bins at quantiles of public images of the same kind: "
+                            "give the attacker at least 2 (--distractors DIR, or --data with more images)")
     gen = torch.Generator().manual_seed(seed)
     d = int(torch.tensor(prior.image_shape).prod())
     query = torch.randn(d, generator=gen)
     query /= query.norm()
     back = torch.randn(d, generator=gen)
     back /= back.norm()
-    if public is None or len(public) < 2:
-        raise SegauditError("the imprint attack places its bins at quantiles of public images of the same kind: "
-                            "give the attacker at least 2 (--distractors DIR, or --data with more images)")
     lo, hi = (b.expand(1, *prior.image_shape).flatten() for b in box_bounds(prior))
     values = public.flatten(1) @ query
     inner = values.quantile(torch.arange(1, bins, dtype=values.dtype) / bins)
@@ -120,7 +120,8 @@ def recover_imprinted(update: ClientUpdate, block: ImprintBlock) -> torch.Tensor
     occupied = db.abs() > 1e-5 * db.abs().max()
     if update.meta.mode == "fedavg":  # each delta entry carries float32 rounding of the weight it was taken from
         sent = block.bias.detach().double().abs()
-        occupied &= db.abs() > 8 * torch.finfo(torch.float32).eps * torch.maximum(sent, sent.roll(-1))
+        larger = torch.maximum(sent, torch.cat([sent[1:], sent[-1:]]))
+        occupied &= db.abs() > 8 * torch.finfo(torch.float32).eps * larger
     if int(occupied.sum()) > update.meta.batch_size:  # FedAvg drift splits a sample over neighbouring bins
         keep = db.abs().masked_fill(~occupied, 0).topk(update.meta.batch_size).indices
         occupied = torch.zeros_like(occupied).index_fill_(0, keep, True)
