@@ -281,8 +281,8 @@ def _knowledge(args, data, batch, model):
 
 def cmd_attack(args) -> int:
     from .attacks import ATTACKS
-    from .config import HONEST_SERVER
     from .attacks.runner import attack_batch
+    from .config import HONEST_SERVER
     from .io import atomic_dir, check_out_dir, write_json
     from .models import model_spec
     from .report.plots import reconstruction_grid
@@ -301,9 +301,10 @@ def cmd_attack(args) -> int:
                            show_progress=not args.quiet, knowledge=knowledge, **budget)
     spec = model_spec(model)
     rec = outcome.reconstruction
-    found = outcome.identification
+    found, threat = outcome.identification, outcome.settings["threat"]
+    attacker = "" if threat == HONEST_SERVER else f" ({threat})"
     metrics = {**outcome.metrics, **{k: found.get(k) for k in ("identification_rate", "mask_identification_rate")}}
-    result = {"attack": args.attack, "threat": outcome.settings["threat"], "arch": spec["arch"],
+    result = {"attack": args.attack, "threat": threat, "arch": spec["arch"],
               "encoder": spec["encoder"], "batch_size": len(batch), "steps": outcome.settings["steps"],
               "restarts": args.restarts, "mode": args.mode, "local_steps": args.local_steps,
               "client_mode": args.client_mode, "size": args.size, "seed": args.seed,
@@ -316,8 +317,7 @@ def cmd_attack(args) -> int:
     with atomic_dir(out) as tmp:
         write_json(tmp / "result.json", result)
         reconstruction_grid(batch, rec, tmp / "reconstruction.png",
-                            title=f"{args.attack} on {spec['arch']}, batch {len(batch)}, {args.mode}"
-                                  + ("" if outcome.settings["threat"] == HONEST_SERVER else f" ({outcome.settings['threat']})"),
+                            title=f"{args.attack} on {spec['arch']}, batch {len(batch)}, {args.mode}{attacker}",
                             **(knowledge.score_kwargs() if knowledge else {}))
     shown = ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if v is not None and not k.startswith("baseline_")) \
         or "nothing"

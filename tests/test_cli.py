@@ -76,9 +76,10 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, args, match
     assert list(tmp_path.iterdir()) == []
 
 
-RESULT_KEYS = {"attack", "arch", "encoder", "batch_size", "steps", "runtime_s", "status", "metrics"}
+RESULT_KEYS = {"attack", "threat", "arch", "encoder", "batch_size", "steps", "runtime_s", "status", "metrics"}
 METRIC_KEYS = {"mse", "psnr", "ssim", "mask_dice", "mask_iou", "label_acc", "baseline_psnr", "baseline_ssim",
-               "baseline_mask_dice", "psnr_gain", "ssim_gain", "mask_dice_gain", "rdlv"}
+               "baseline_mask_dice", "psnr_gain", "ssim_gain", "mask_dice_gain", "rdlv", "identification_rate",
+               "mask_identification_rate"}
 
 
 def test_attack_cli_writes_result_and_figure(tmp_path):
@@ -93,7 +94,20 @@ def test_attack_cli_writes_result_and_figure(tmp_path):
     assert m["mask_dice_gain"] == pytest.approx(m["mask_dice"] - m["baseline_mask_dice"], abs=1e-9)
     found = result["identification"]  # ranked among crops of the other 14 nuclei tiles (4 each)
     assert found["candidates"] == 1 + 4 * 14 and len(found["identification_rank"]) == 2
+    assert m["identification_rate"] == found["identification_rate"] and result["threat"] == "honest-but-curious server"
     assert (out / "reconstruction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_attack_cli_rates_identification_of_a_trained_fedavg_client(tmp_path):
+    """Issue 18's contract: batch 4, FedAvg with 4 local steps, client in train mode -> metrics.identification_rate,
+    with distractors from the folder's images that are not in the batch."""
+    out = tmp_path / "att"
+    assert main(["--quiet", "attack", "--data", "nuclei", "--size", "64", "--batch-size", "4", "--mode", "fedavg",
+                 "--local-steps", "4", "--client-mode", "train", "--steps", "1", "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    rate, found = result["metrics"]["identification_rate"], result["identification"]
+    assert 0 <= rate <= 1 and rate == sum(found["identified"]) / 4 and found["candidates"] == 1 + 4 * 12
+    assert result["mode"] == "fedavg" and result["local_steps"] == 4 and result["client_mode"] == "train"
 
 
 def test_attack_cli_classification_from_image_and_label(tmp_path):

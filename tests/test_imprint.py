@@ -102,3 +102,16 @@ def test_imprint_refusals(case):
     update = client_update(model, batch.subset([0, 1]), loss="dice_ce")
     with pytest.raises(SegauditError, match="only for the 'ce' loss"):
         solve_masks(model, update, batch.images[:2])
+
+
+def test_an_update_with_nothing_in_the_trap_gives_the_baseline_guess(case):
+    model, batch, knowledge = case
+    attack = ImprintAttack(steps=5)
+    trapped = attack.send(model, Prior.from_batch_shape(batch), knowledge.public.images)
+    update = client_update(trapped, batch)
+    empty = type(update)({**update.tensors, "imprint.weight": torch.zeros_like(update.tensors["imprint.weight"]),
+                          "imprint.bias": torch.zeros_like(update.tensors["imprint.bias"])}, update.meta)
+    rec = attack.run(trapped, empty, Prior.from_batch_shape(batch))
+    assert rec.extras["recovered_bins"] == 0 and "mask_source" not in rec.extras
+    assert torch.equal(rec.images, torch.zeros_like(rec.images))  # the middle of the [-1, 1] box
+    assert rec.masks.shape == batch.masks.shape and rec.masks.unique().numel() == 1  # one class: the composition's

@@ -182,8 +182,10 @@ class ImprintAttack(Attack):
             inner = inner_update(update)
             with torch.no_grad():
                 seen = model.imprint(found)  # what the model behind the trap saw, known with the images
-            composition = estimate_composition(model.model, inner, prior, reference=seen)
+            composition = estimate_composition(model.model, inner, prior, reference=seen if m else None)
             rec.masks = composition.argmax().expand(n, *prior.image_shape[1:]).clone()
-            rec.masks[:m], mask_extras = masks_for(model.model, inner, prior, seen, iterations=self.steps)
-            extras.update(mask_extras, composition=composition)
+            extras["composition"] = composition
+            if m:
+                rec.masks[:m], mask_extras = masks_for(model.model, inner, prior, seen, iterations=self.steps)
+                extras.update(mask_extras)
         return rec

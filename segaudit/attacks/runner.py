@@ -52,8 +52,8 @@ def attack_batch(model: nn.Module, batch: Batch, attack: str = "seg", *, mode: s
     start = time.perf_counter()
     rec = attacker.run(sent, update, prior)
     runtime = time.perf_counter() - start
-    settings = {"attack": attack, "threat": attacker.threat, "mode": mode, "local_steps": local_steps, "lr": lr, "loss": loss,
-                "train_mode": train_mode,
+    settings = {"attack": attack, "threat": attacker.threat, "mode": mode, "local_steps": local_steps, "lr": lr,
+                "loss": loss, "train_mode": train_mode,
                 **{k: getattr(attacker, k) for k in ("steps", "restarts", "seed", "objective") if hasattr(attacker, k)}}
     extra = knowledge.score_kwargs() if knowledge is not None else {}
     found = identification(rec, batch, knowledge.public if knowledge is not None else None)

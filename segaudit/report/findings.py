@@ -80,7 +80,8 @@ def honest_cells(results: dict) -> list[dict]:
 
 
 def worst_case(results: dict) -> list[dict]:
-    """The malicious-server cells (``threat`` = :data:`~segaudit.config.MALICIOUS_SERVER`), for their own table."""
+    """The malicious-server cells (``threat`` = :data:`~segaudit.config.MALICIOUS_SERVER`): labelled in the
+    report, never read by the verdict."""
     return [c for c in _list(results, "cells") if malicious(c)]
 
 
@@ -226,7 +227,8 @@ def _statement(level: str) -> str:
 def not_tried(results: dict) -> list[str]:
     """Threat models and settings this audit did not try (from its config), for the 'not shown' statement."""
     config = results.get("config") if isinstance(results.get("config"), dict) else {}
-    out = ([] if worst_case(results) else ["a malicious server (one that alters the model it sends)"]) + ["colluding clients"]
+    out = [] if worst_case(results) else ["a malicious server (one that alters the model it sends)"]
+    out.append("colluding clients")
     if config:
         if "fedavg" not in (config.get("modes") or []):
             out.append("FedAvg weight updates")
