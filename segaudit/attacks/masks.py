@@ -38,15 +38,6 @@ def model_masks(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
             m.training = training
 
 
-def mask_loss(model: nn.Module, update: ClientUpdate, images: torch.Tensor, probs: torch.Tensor) -> float:
-    """The matching loss (:data:`OBJECTIVE`, all tensors) of ``images`` ``[N,C,H,W]`` with soft masks
-    ``probs`` ``[N,K,H,W]``."""
-    from .inversion import MatchingLoss
-
-    loss = MatchingLoss(model, update, GradientMatcher(update.tensors, OBJECTIVE), batched=False)
-    return float(loss(images[None].detach(), probs[None].detach()).detach())
-
-
 def solve_masks(model: nn.Module, update: ClientUpdate, images: torch.Tensor, iterations: int = 150) -> torch.Tensor:
     """Soft masks ``[M,K,H,W]`` whose cross-entropy update for ``images`` ``[M,C,H,W]`` best fits the shared one
     in least squares (CGLS from the model's own softmax; the result is not confined to the simplex).
@@ -113,10 +104,13 @@ def masks_for(model: nn.Module, update: ClientUpdate, prior: Prior, images: torc
               iterations: int = 150) -> tuple[torch.Tensor, dict]:
     """Hard masks ``[N,H,W]`` for ``images`` ``[N,C,H,W]``: the better-matching of :func:`model_masks` and
     :func:`solve_masks` (when the loss is ``"ce"``), and ``{"mask_source": name, "mask_losses": {name: loss}}``."""
+    from .inversion import MatchingLoss
+
     candidates = {"model": model_masks(model, images)}
     if update.meta.loss == "ce":
         candidates["least squares"] = solve_masks(model, update, images, iterations).argmax(1)
-    losses = {name: mask_loss(model, update, images, one_hot(m, prior.num_classes))
+    loss = MatchingLoss(model, update, GradientMatcher(update.tensors, OBJECTIVE), batched=False)
+    losses = {name: float(loss(images[None].detach(), one_hot(m, prior.num_classes)[None]).detach())
               for name, m in candidates.items()}
     source = min(losses, key=losses.get)
     return candidates[source], {"mask_source": source, "mask_losses": losses}

@@ -63,7 +63,7 @@ def _metric(entry: dict, key: str) -> float | None:
     return num(value)
 
 
-def ok_runs(results: dict) -> list[dict]:
+def honest_runs(results: dict) -> list[dict]:
     """Attack runs of the honest-but-curious server that finished (``status`` ok or absent)."""
     return [r for r in _list(results, "runs") if r.get("kind", "attack") == "attack"
             and r.get("status", "ok") == "ok" and not malicious(r)]
@@ -126,12 +126,12 @@ def risk(results: dict) -> dict:
     Returns:
         ``{"level", "rule", "worst", "reasons", "missing", "statement", "not_tried"}``.
     """
-    runs = [r for r in ok_runs(results) if _undefended(r)]
+    runs = [r for r in honest_runs(results) if _undefended(r)]
     cells = [c for c in honest_cells(results) if _undefended(c)]
     trade = [{**t, "psnr_gain": t.get("attack_psnr_gain"), "mask_dice_gain": t.get("attack_mask_dice_gain"),
               "attack": t.get("attack") or "trade-off attack"} for t in _list(results, "tradeoff")]
     source = (cells or runs) + [t for t in trade if _undefended(t)]
-    defended = [r for r in ok_runs(results) if not _undefended(r)] + [t for t in trade if not _undefended(t)]
+    defended = [r for r in honest_runs(results) if not _undefended(r)] + [t for t in trade if not _undefended(t)]
     # the undefended updates decide; only when none was measured do the defended ones (a DP deployment)
     undefended = bool(source) or any(_undefended(r) for r in _list(results, "inference"))
     subject = source if undefended else defended
@@ -368,7 +368,7 @@ def _batch_effect(results: dict) -> list[str]:
     """Undefended attack PSNR gain by batch size (cells, else runs), per model, attack and mode."""
     groups: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     cells = [c for c in honest_cells(results) if _undefended(c)]
-    for entry in cells or [r for r in ok_runs(results) if _undefended(r)]:
+    for entry in cells or [r for r in honest_runs(results) if _undefended(r)]:
         psnr, bs = _metric(entry, "psnr_gain"), entry.get("batch_size")
         if psnr is not None and isinstance(bs, int) and not isinstance(bs, bool):
             groups[(entry.get("model"), entry.get("attack"), entry.get("mode", "fedsgd"))][bs].append(psnr)
