@@ -37,12 +37,20 @@ class BatchNormPrior:
         return record
 
     def distance(self) -> torch.Tensor:
-        """Mean over layers of ``||mean - mean*||^2 + ||var - var*||^2`` for the last forward; then resets."""
-        total = sum((m - self.targets[n][0]).pow(2).sum() + (v - self.targets[n][1]).pow(2).sum()
-                    for n, (m, v) in self.records.items())
+        """Mean over layers of ``(||mean - mean*||^2 + ||std - std*||^2) / ||std*||^2`` for the last forward (every
+        layer counts whatever its scale); then resets."""
+        total = 0.0
+        for name, (mean, var) in self.records.items():
+            target_mean, target_std = self.targets[name][0], self.targets[name][1].clamp_min(0).sqrt()
+            total = total + ((mean - target_mean).pow(2).sum() + (var.clamp_min(1e-12).sqrt() - target_std).pow(2).sum()
+                             ) / target_std.pow(2).sum().clamp_min(1e-12)
         count = max(len(self.records), 1)
-        self.records = {}
+        self.reset()
         return total / count
+
+    def reset(self) -> None:
+        """Forget what the hooks recorded (e.g. a forward pass made for another purpose)."""
+        self.records = {}
 
     def remove(self) -> None:
         for h in self.handles:
