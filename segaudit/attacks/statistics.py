@@ -1,8 +1,8 @@
 """Images from the BatchNorm statistics a train-mode client reveals, matched by the forward pass alone.
 
 A train-mode client's update is a chaotic function of its images: on an untrained Unet-resnet18 at 64 px,
-noise of 0.1 % of the image's spread turns each shared tensor by ``1 - cos`` of about 0.1 (in eval mode about
-1e-4; ``docs/attacks.md``), so gradient matching from a random start finds no slope towards the truth. The
+noise of 1 % of the image's spread turns the median shared tensor by ``1 - cos`` of 0.57 (in eval mode 0.0009;
+``bench/train_mode_sensitivity.py``), so gradient matching from a random start finds no slope towards the truth. The
 client's BatchNorm buffers reveal the per-channel mean and variance of every BatchNorm input of its batch
 (:func:`~segaudit.attacks.priors.client_batch_stats`), and those are smooth functions of the images: matching
 them alone, one forward and one backward pass per step and no double backpropagation, recovers the images.
