@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import HONEST_SERVER
@@ -139,3 +140,18 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
     dx = (images[..., :, 1:] - images[..., :, :-1]).abs().flatten(1).mean(1)
     dy = (images[..., 1:, :] - images[..., :-1, :]).abs().flatten(1).mean(1)
     return dx + dy
+
+
+def cosine_decay(step: int, steps: int) -> float:
+    """The learning-rate factor at ``step`` of ``steps``: a cosine from 1 down to 0.01."""
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
+def resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Area-downsample or bilinearly upsample ``[..., h, w]`` to ``size`` (identity when equal)."""
+    if tuple(t.shape[-2:]) == tuple(size):
+        return t
+    mode = "area" if t.shape[-1] > size[-1] else "bilinear"
+    out = F.interpolate(t.flatten(0, -4), size=size, mode=mode,
+                        **({"align_corners": False} if mode == "bilinear" else {}))
+    return out.unflatten(0, t.shape[:-3])

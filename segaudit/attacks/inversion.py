@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SegauditError
 from ..progress import progress
 from ..types import ClientUpdate, Prior, Reconstruction
-from .base import ATTACKS, COMBINE, Attack, RestartResult, box_bounds, total_variation
+from .base import ATTACKS, COMBINE, Attack, RestartResult, box_bounds, cosine_decay, resize, total_variation
 from .adaptive import Adaptation, adapt_to_defense
 from .curvature import relu_curvature
 from .objectives import GradientMatcher, simulate_update
@@ -211,7 +210,7 @@ class InversionAttack(Attack):
     def _report(self, step: int, images: torch.Tensor, size: tuple[int, int] | None = None) -> None:
         """Hand each restart's current images (resized to ``size``) to the callback, if there is one."""
         if self.callback:
-            for restart in _resize(images.detach(), size or tuple(images.shape[-2:])):
+            for restart in resize(images.detach(), size or tuple(images.shape[-2:])):
                 self.callback(step, restart)
 
 
@@ -392,13 +391,13 @@ class SegmentationInversion(InvertingGradients):
             if down != stage:  # a finer grid: carry the current estimate over, with a fresh optimiser
                 stage, size = down, (max(h // down, 1), max(w // down, 1))
                 if fixed is None:
-                    x = _resize(x.detach(), size).requires_grad_()
-                m = _resize(m.detach(), size).requires_grad_()
+                    x = resize(x.detach(), size).requires_grad_()
+                m = resize(m.detach(), size).requires_grad_()
                 opt = torch.optim.Adam([m, *([x] if fixed is None else []), *self._joint_variables()], lr=self.lr)
             for group in opt.param_groups:
-                group["lr"] = self.lr * lr_scale * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / self.steps)))
+                group["lr"] = self.lr * lr_scale * cosine_decay(step, self.steps)
             opt.zero_grad()
-            x_full, probs = _resize(x, (h, w)), _resize(m, (h, w)).softmax(2)
+            x_full, probs = resize(x, (h, w)), resize(m, (h, w)).softmax(2)
             match = loss(x_full, probs)
             alive = track.record(step, match, x_full, probs)
             if not alive.any():
@@ -434,13 +433,3 @@ def _signed(variables: list[torch.Tensor], alive: torch.Tensor | None = None) ->
             v.grad.sign_()
             if alive is not None:
                 v.grad[~alive] = 0
-
-
-def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Area-downsample or bilinearly upsample ``[..., h, w]`` to ``size`` (identity when equal)."""
-    if tuple(t.shape[-2:]) == tuple(size):
-        return t
-    mode = "area" if t.shape[-1] > size[-1] else "bilinear"
-    out = F.interpolate(t.flatten(0, -4), size=size, mode=mode,
-                        **({"align_corners": False} if mode == "bilinear" else {}))
-    return out.unflatten(0, t.shape[:-3])

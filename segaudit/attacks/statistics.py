@@ -9,15 +9,12 @@ them alone, one forward and one backward pass per step and no double backpropaga
 """
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from ..types import Prior
-from .base import box_bounds
+from .base import box_bounds, cosine_decay, resize
 from .priors import BatchNormPrior
 
 #: ``(downscale, end fraction of the steps)``: the image lives on a coarse grid first, as in ``seg``.
@@ -52,11 +49,10 @@ def invert_statistics(model: nn.Module, statistics: BatchNormPrior, prior: Prior
         for step in range(steps):
             down = next(d for d, end in STAGES if step < end * steps)
             if down != stage:
-                stage, coarse = down, F.interpolate(x.detach(), size=(max(h // down, 1), max(w // down, 1)),
-                                                    mode="area").requires_grad_()
+                stage, coarse = down, resize(x.detach(), (max(h // down, 1), max(w // down, 1))).requires_grad_()
                 opt = torch.optim.Adam([coarse], lr=lr)
-            opt.param_groups[0]["lr"] = lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / steps)))
-            x = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False) if down > 1 else coarse
+            opt.param_groups[0]["lr"] = lr * cosine_decay(step, steps)
+            x = resize(coarse, (h, w))
             functional_call(model, buffers, (x,))
             distance = statistics.distance()
             history.append(float(distance.detach()))
@@ -64,7 +60,7 @@ def invert_statistics(model: nn.Module, statistics: BatchNormPrior, prior: Prior
             opt.step()
             with torch.no_grad():
                 coarse.clamp_(lo, hi)
-        x = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False) if stage > 1 else coarse
+        x = resize(coarse, (h, w))
     finally:
         model.train(was_training)
     return x.detach().clamp(lo, hi), history
