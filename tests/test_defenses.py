@@ -13,12 +13,8 @@ from segaudit.data import load_dataset, make_batch
 from segaudit.defenses import DEFENSES, Clip, GaussianNoise, Quantize, TopKPrune, mask_sites, parse_defense
 from segaudit.fl import client_update
 from segaudit.models import build_model
+from tiny_models import tiny_unet
 from segaudit.types import ClientUpdate, Prior, UpdateMeta
-
-
-def tiny_unet():
-    torch.manual_seed(0)
-    return build_model("unet", in_channels=1, classes=2, encoder_depth=3, decoder_channels=[16, 8, 4])
 
 
 @pytest.fixture(scope="module")

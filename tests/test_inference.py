@@ -16,7 +16,7 @@ from segaudit.cli import main
 from segaudit.data import load_dataset
 from segaudit.defenses import Defense
 from segaudit.errors import SegauditError
-from segaudit.models import build_model
+from tiny_models import tiny_unet
 
 CLASSES = ("background", "nucleus")
 
@@ -24,11 +24,6 @@ CLASSES = ("background", "nucleus")
 @pytest.fixture(scope="module")
 def nuclei():
     return load_dataset("nuclei")
-
-
-def tiny_unet(classes=2):
-    torch.manual_seed(0)
-    return build_model("unet", in_channels=1, classes=classes, encoder_depth=3, decoder_channels=[16, 8, 4])
 
 
 def test_composition_is_exact_when_the_softmax_is_known(nuclei):

@@ -10,13 +10,8 @@ from segaudit.attacks.statistics import invert_statistics
 from segaudit.data import load_dataset, make_batch
 from segaudit.fl import client_update
 from segaudit.metrics import score
-from segaudit.models import build_model
 from segaudit.types import Prior, Reconstruction
-
-
-def tiny_unet():
-    torch.manual_seed(0)
-    return build_model("unet", in_channels=1, classes=2, encoder_depth=3, decoder_channels=[16, 8, 4])
+from tiny_models import tiny_unet
 
 
 @pytest.fixture(scope="module")
