@@ -1,5 +1,5 @@
-# Commands: `make demo` (main job on the bundled data), `make test`, and `make install` (only create .venv and
-# install segaudit into it; demo and test do that first when needed).
+# Commands: `make demo` (main job on the bundled data), `make test` (ruff check, then pytest), and `make install`
+# (only create .venv and install segaudit into it; demo and test do that first when needed).
 # The install also writes segaudit-torchvision.pth into the venv's site-packages (python -m segaudit._import_hook):
 # it makes `import torchvision` / `import segmentation_models_pytorch` work in any script run with the venv's
 # python, without importing segaudit first (pip cannot place such a file for an editable install).
@@ -31,6 +31,7 @@ demo: $(BIN)/.segaudit-installed
 	$(BIN)/segaudit demo --out reports/demo --force
 
 test: $(BIN)/.segaudit-installed
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(BIN)/.segaudit-installed

@@ -50,8 +50,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{args.attack} attack, {args.steps} steps x {args.restarts} restart(s), {args.arch}-resnet18, {args.images} client "
-          f"batches per row, {torch.get_num_threads()} thread(s)")
+    print(f"{args.attack} attack, {args.steps} steps x {args.restarts} restart(s), {args.arch}-resnet18, "
+          f"{args.images} client batches per row, {torch.get_num_threads()} thread(s)")
     print("| data | weights | client | protocol | batch | px | " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * (6 + len(COLUMNS)))
     for name in args.data.split(","):
@@ -83,7 +83,8 @@ def attack_row(model, data, heldout, size, client, mode, n, args) -> str:
         knowledge = attacker_data(data, batch, size, fit="crop", norm=norm, seed=args.seed + image)
         start = time.perf_counter()
         try:
-            out = attack_batch(model, batch, args.attack, mode=mode, local_steps=args.local_steps if mode == "fedavg" else 1,
+            out = attack_batch(model, batch, args.attack, mode=mode,
+                               local_steps=args.local_steps if mode == "fedavg" else 1,
                                train_mode=client == "train", knowledge=knowledge, steps=args.steps,
                                restarts=args.restarts, seed=args.seed + image)
         except ValueError as e:  # a setting no client can run (SegauditError / NotApplicable)
@@ -95,7 +96,8 @@ def attack_row(model, data, heldout, size, client, mode, n, args) -> str:
     ident = pooled_identification(found)["identification"]
     return " | ".join([
         _fmt(mean["baseline_psnr"], ".1f"), _fmt(mean["psnr"], ".1f"), _fmt(mean["psnr_gain"], "+.1f"),
-        _fmt(mean["ssim_gain"], "+.2f"), f"{_fmt(mean['mask_dice'], '.2f')} ({_fmt(mean['baseline_mask_dice'], '.2f')})",
+        _fmt(mean["ssim_gain"], "+.2f"),
+        f"{_fmt(mean['mask_dice'], '.2f')} ({_fmt(mean['baseline_mask_dice'], '.2f')})",
         "n/a" if ident is None else f"{ident['rate']:.0%} of {ident['n']}", f"{np.mean(seconds):.0f}"])
 
 

@@ -88,7 +88,8 @@ if __name__ == "__main__":
     print(f"Unet-resnet18, {args.size} px, batch 1, {'train' if args.train_mode else 'eval'} mode, "
           f"{torch.get_num_threads()} threads, seg loss {default_loss(prior)}")
     print(f"plain torch fwd + double bwd : {base:.3f} s/step")
-    print(f"seg attack step              : {one / args.steps:.3f} s/step  overhead {one / args.steps / base:.2f}x (target <= 1.15)")
+    print(f"seg attack step              : {one / args.steps:.3f} s/step  "
+          f"overhead {one / args.steps / base:.2f}x (target <= 1.15)")
     print(f"8 restarts / 1 restart       : {eight / one:.2f}x batched (target <= 3), "
           f"{eight_one_by_one / one:.2f}x one after another")
     print(f"plain torch fwd + bwd, 8 / 1 : {plain_batching:.2f}x (what batching alone buys on this machine)")

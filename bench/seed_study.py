@@ -9,7 +9,8 @@ The source claims: LeNet converges quickly; ResNet-18 needs > 300 steps and ends
 LeNet; DenseNet-121 converges in ~50 steps; Inception-v3 does not converge in 300 steps (and its BatchNorm
 needs 2 images per batch in train mode — we run it in eval mode with batch 1 and say so).
 
-Run: .venv/bin/python bench/seed_study.py [--steps 300] [--big-steps 20] [--archs lenet,resnet18,densenet121,inception_v3]
+Run: .venv/bin/python bench/seed_study.py [--steps 300] [--big-steps 20]
+     [--archs lenet,resnet18,densenet121,inception_v3]
 The large models cost ~20 forward + double-backward passes per step at 224-299 px: on 2 CPU cores keep
 --big-steps small; the full 300-step study belongs on a GPU.
 """
@@ -57,8 +58,10 @@ def run(arch: str, steps: int, seed: int, restarts: int) -> dict:
             curves.append([])
         curves[-1].append(float((denormalize(images, batch.mean, batch.std) - truth).pow(2).mean()))
 
-    rec = DLG(steps=steps, seed=seed, restarts=restarts, callback=record).run(model, update, Prior.from_batch_shape(batch))
-    best = min(range(len(curves)), key=lambda i: rec.restart_losses[i] if rec.restart_losses[i] == rec.restart_losses[i] else float("inf"))
+    attack = DLG(steps=steps, seed=seed, restarts=restarts, callback=record)
+    rec = attack.run(model, update, Prior.from_batch_shape(batch))
+    best = min(range(len(curves)),
+               key=lambda i: rec.restart_losses[i] if rec.restart_losses[i] == rec.restart_losses[i] else float("inf"))
     return {"arch": arch, "size": SIZES[arch], "steps": steps, "restarts": restarts,
             "seconds": time.perf_counter() - start, "params": sum(p.numel() for p in model.parameters()),
             "mse": curves[best], "final_mse_per_restart": [c[-1] for c in curves],
@@ -71,7 +74,8 @@ def main() -> None:
     ap.add_argument("--big-steps", type=int, default=20, help="L-BFGS steps for the 224/299 px models")
     ap.add_argument("--archs", default="lenet,resnet18,densenet121,inception_v3")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--restarts", type=int, default=4, help="DLG restarts; the curve shown is the one with the lowest matching loss")
+    ap.add_argument("--restarts", type=int, default=4,
+                    help="DLG restarts; the curve shown is the one with the lowest matching loss")
     ap.add_argument("--out", default="reports/bench/seed_study")
     args = ap.parse_args()
     rows = [run(a, args.steps if a == "lenet" else args.big_steps, args.seed, args.restarts)
@@ -79,11 +83,14 @@ def main() -> None:
     print(f"DLG, best of {args.restarts} restarts by matching loss (no ground truth used to choose)")
     print("| model | px | parameters | steps | MSE@10 | MSE@50 | final MSE | restarts below 1e-3 | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")
+
+    def at(mse, k):
+        return f"{mse[k - 1]:.2e}" if len(mse) >= k else "n/a"
+
     for r in rows:
-        at = lambda k: f"{r['mse'][k - 1]:.2e}" if len(r["mse"]) >= k else "n/a"  # noqa: E731
-        print(f"| {r['arch']} | {r['size']} | {r['params']:,} | {r['steps']} | {at(10)} | {at(50)} | "
-              f"{r['mse'][-1]:.2e} | {sum(m < 1e-3 for m in r['final_mse_per_restart'])}/{r['restarts']} | "
-              f"{r['seconds']:.0f} |")
+        print(f"| {r['arch']} | {r['size']} | {r['params']:,} | {r['steps']} | {at(r['mse'], 10)} | "
+              f"{at(r['mse'], 50)} | {r['mse'][-1]:.2e} | "
+              f"{sum(m < 1e-3 for m in r['final_mse_per_restart'])}/{r['restarts']} | {r['seconds']:.0f} |")
     out = Path(args.out)
     write_json(out / "seed_study.json", rows)
     plt = _pyplot()

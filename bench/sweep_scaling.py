@@ -82,7 +82,8 @@ def main() -> None:
                    "core_s_per_cell": round(2 * by["local-2"]["wall_s"] / args.cells, 2)}
         if "ray-2" in by:
             summary["ray_init_s"] = round(ray_init, 2)
-            summary["ray_overhead_per_cell_s"] = round((by["ray-2"]["wall_s"] - by["local-2"]["wall_s"]) / args.cells, 2)
+            overhead = (by["ray-2"]["wall_s"] - by["local-2"]["wall_s"]) / args.cells
+            summary["ray_overhead_per_cell_s"] = round(overhead, 2)
         print(json.dumps(summary, indent=2))
         if args.json:
             Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")

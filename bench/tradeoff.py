@@ -12,7 +12,6 @@ DIA) vs the attacker that knows the masks, on the same dropout-defended update.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

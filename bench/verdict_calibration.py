@@ -14,8 +14,8 @@ It prints, per metric, the nulls' 95th and 99th percentiles and maximum, the att
 each above the verdict's medium and high thresholds (`segaudit.report.findings`): a threshold is sound when
 the nulls almost never reach it and real leaks do. One thread (`torch.set_num_threads(1)`, OMP_NUM_THREADS=1).
 
-Run: OMP_NUM_THREADS=1 .venv/bin/python bench/verdict_calibration.py [--images 8] [--steps 200] [--data nuclei,brain_mri]
-     [--save FILE]   (then --load FILE reprints the tables, e.g. after a threshold changed)
+Run: OMP_NUM_THREADS=1 .venv/bin/python bench/verdict_calibration.py [--images 8] [--steps 200]
+     [--data nuclei,brain_mri] [--save FILE]   (then --load FILE reprints the tables, e.g. after a threshold changed)
 """
 import argparse
 import json

@@ -13,9 +13,10 @@ import platform
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,9 +63,9 @@ def run(config: AuditConfig, out: str | Path, *, force: bool = False, redact: bo
         >>> result = run(AuditConfig.quick(), "reports/quick")
         >>> result.risk, result.report
     """
-    from .io import check_out_dir, check_replaceable, write_json
     import copy
 
+    from .io import check_out_dir, check_replaceable, write_json
     from .models import save_model
 
     out = Path(out)
@@ -289,7 +290,7 @@ class Cell:
     key: str
 
     @classmethod
-    def of(cls, kind: str, settings: dict) -> "Cell":
+    def of(cls, kind: str, settings: dict) -> Cell:
         return cls(kind, settings, run_key(kind, settings))
 
 
@@ -423,7 +424,8 @@ def save_outcome(done: dict, store: ResultsStore, out: Path) -> None:
     store.put(done["key"], done["kind"], done["settings"], done["result"], done["seconds"])
 
 
-def pending_training(config: AuditConfig, out: Path, store: ResultsStore, fingerprint: dict | None = None) -> list[Cell]:
+def pending_training(config: AuditConfig, out: Path, store: ResultsStore,
+                     fingerprint: dict | None = None) -> list[Cell]:
     """Training cells not stored yet (or whose model folder is gone)."""
     cells = plan_training(config, fingerprint)
     return [c for c, mc in zip(cells, config.models)
@@ -481,7 +483,8 @@ def run_cell(cell: Cell, job: Job, model_files: dict | None = None) -> dict:
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             rel = path.relative_to(tmp)
             if rel.parts[0] == "models":
-                dirs.setdefault(Path(*rel.parts[:2]).as_posix(), {})[Path(*rel.parts[2:]).as_posix()] = path.read_bytes()
+                folder = dirs.setdefault(Path(*rel.parts[:2]).as_posix(), {})
+                folder[Path(*rel.parts[2:]).as_posix()] = path.read_bytes()
             else:
                 files[rel.as_posix()] = path.read_bytes()
         if result["status"] != "ok":

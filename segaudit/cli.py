@@ -8,8 +8,8 @@ import argparse
 import os
 import sys
 
-from .errors import SegauditError
 from .config import CLIENT_MODE
+from .errors import SegauditError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,7 +48,8 @@ def _preprocessing(args, channels: int):
 
 def _add_data_args(p: argparse.ArgumentParser, size: int = 64) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="nuclei", metavar="NAME|DIR", help="bundled dataset name or folder with images/ and masks/")
+    g.add_argument("--data", default="nuclei", metavar="NAME|DIR",
+                   help="bundled dataset name or folder with images/ and masks/")
     g.add_argument("--classes", type=int, help="number of classes when the folder has no classes.json")
     g.add_argument("--size", type=int, default=size, help=f"image size in pixels (default: {size})")
 
@@ -133,7 +134,8 @@ def cmd_train(args) -> int:
         write_json(tmp / "train.json", {**(private.summary() if dp_spec is not None else result.summary()),
                                          **_environment()})
     dp_note = (f"  epsilon {private.epsilon:.3g} at delta {private.delta:g} (sigma {private.noise_multiplier:.3g}, "
-               f"C {private.max_grad_norm:g}, q {private.sample_rate:.3g}, {private.accountant})") if dp_spec is not None else ""
+               f"C {private.max_grad_norm:g}, q {private.sample_rate:.3g}, {private.accountant})"
+               if dp_spec is not None else "")
     print(f"held-out Dice {result.dice:.3f}  IoU {result.iou:.3f}  ({result.steps} steps, {result.seconds:.0f} s)"
           f"{dp_note} -> {out / 'model'}")
     return 0
@@ -476,7 +478,8 @@ def cmd_audit(args) -> int:
     if result.nothing_worked:
         raise SegauditError(f"no cell of the audit measured anything (see {where}); fix the first error above "
                             "and rerun")
-    few = f" ({config.images} image{'s' if config.images > 1 else ''} per cell: no intervals)" if config.images < 3 else ""
+    few = (f" ({config.images} image{'s' if config.images > 1 else ''} per cell: no intervals)"
+           if config.images < 3 else "")
     print(f"audit {config.name!r}: risk {result.risk or 'not rated'}{few} -> {where}")
     return 0
 
@@ -550,8 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     quiet.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     compute = _Parser(add_help=False)
     compute.add_argument("--threads", type=int, metavar="N",
-                         help=f"torch threads (default: OMP_NUM_THREADS, else this machine's cores: {default_threads()}); on a machine "
-                              "where other jobs hold cores, fewer threads run much faster")
+                         help="torch threads (default: OMP_NUM_THREADS, else this machine's cores: "
+                              f"{default_threads()}); on a machine where other jobs hold cores, fewer threads run "
+                              "much faster")
 
     def command(name: str, help: str, computes: bool = True) -> argparse.ArgumentParser:
         """Every command takes --quiet; those that compute also --threads."""
@@ -566,7 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("differential privacy (Opacus DP-SGD; BatchNorm becomes GroupNorm)")
-    g.add_argument("--dp", action="store_true", help="train with DP-SGD; train.json records epsilon, delta, sigma, C, q")
+    g.add_argument("--dp", action="store_true",
+                   help="train with DP-SGD; train.json records epsilon, delta, sigma, C, q")
     g.add_argument("--target-epsilon", type=float, help="epsilon to spend over the run (sigma chosen by Opacus)")
     g.add_argument("--noise-multiplier", type=float, help="sigma (instead of --target-epsilon)")
     g.add_argument("--delta", type=float, help="delta (default: 1e-5; must be below 1/training images)")
@@ -593,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .attacks import ATTACKS
     from .attacks.inference import INFERENCE
 
-    p = command("attack", "reconstruct a client's images and masks from its update; writes result.json and reconstruction.png")
+    p = command("attack", "reconstruct a client's images and masks from its update; "
+                          "writes result.json and reconstruction.png")
     _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--in-channels", type=int, help="input channels of a fresh model (default: the data's)")
@@ -606,13 +612,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1)
     _add_protocol_args(p)
     p.add_argument("--attack", choices=ATTACKS.available(), default="seg")
-    p.add_argument("--steps", type=int, help="optimisation steps per restart (default: the attack's own, e.g. 200 for seg)")
+    p.add_argument("--steps", type=int,
+                   help="optimisation steps per restart (default: the attack's own, e.g. 200 for seg)")
     p.add_argument("--restarts", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     _add_out_args(p)
     p.set_defaults(func=cmd_attack)
 
-    p = command("layers", "per-layer leakage scores of a model (attack, analytic, sensitivity); writes layers.json and layers.png")
+    p = command("layers", "per-layer leakage scores of a model (attack, analytic, sensitivity); "
+                          "writes layers.json and layers.png")
     _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--image", metavar="FILE", help="score one image instead of --data crops")
@@ -627,7 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("check-update", "leakage gate: risk score of a client update before it is shared; "
                                 "exit 0 below the threshold, 3 above it")
     p.add_argument("--model", metavar="DIR", required=True, help="the global model the update was computed on")
-    p.add_argument("--update", metavar="FILE", required=True, help="the update (.safetensors, gradients or weight delta)")
+    p.add_argument("--update", metavar="FILE", required=True,
+                   help="the update (.safetensors, gradients or weight delta)")
     p.add_argument("--threshold", type=float, default=0.5, help="risk above which the update is refused (default: 0.5)")
     p.add_argument("--size", type=int, default=64, help="side of the client's images in pixels (default: 64)")
     p.set_defaults(func=cmd_check_update)
@@ -640,7 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated defense specs; parameters after ':' joined by '/' "
                         "(default: none,noise:0.001,clip:1,prune:0.9,quant:2,dropout:0.5[,dp:eps=1,dp:eps=8])")
     p.add_argument("--batch-size", type=int, default=1, help="images in the attacked client's batch (default: 1)")
-    p.add_argument("--train-steps", type=int, default=300, help="simulated federated training steps per defense (default: 300)")
+    p.add_argument("--train-steps", type=int, default=300,
+                   help="simulated federated training steps per defense (default: 300)")
     p.add_argument("--train-batch-size", type=int, default=4, help="images per training step (default: 4)")
     p.add_argument("--lr", type=float, default=1e-3, help="server Adam learning rate (default: 1e-3)")
     p.add_argument("--attack-steps", type=int, default=200, help="inversion steps per defense (default: 200)")
@@ -651,7 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_out_args(p)
     p.set_defaults(func=cmd_tradeoff)
 
-    p = command("infer", "what a server infers from updates without rebuilding images: composition, property, membership")
+    p = command("infer", "what a server infers from updates without rebuilding images: "
+                         "composition, property, membership")
     _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--attack", choices=INFERENCE.available(), default="composition")
@@ -696,14 +707,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("sweep", "run an audit config's grid of cells in parallel (process pool or Ray); same store and "
                          "report as 'audit'; a rerun skips finished cells", computes=False)
-    p.add_argument("config", metavar="CONFIG.yaml", help="audit config: the grid is models x attacks x modes x "
-                                                         "batch sizes x images x seeds, plus inference, layers, defenses")
+    p.add_argument("config", metavar="CONFIG.yaml",
+                   help="audit config: the grid is models x attacks x modes x batch sizes x images x seeds, "
+                        "plus inference, layers, defenses")
     p.add_argument("--executor", choices=("local", "ray", "sequential"), default="local",
                    help="local: a process pool (default); ray: a Ray cluster (pip install 'segaudit[ray]')")
     p.add_argument("--address", metavar="ADDR", help="Ray cluster address (auto, HOST:6379, ray://HOST:10001); "
                                                      "without it a local Ray instance is started")
     p.add_argument("--max-parallel", type=int, metavar="N", help="cells at once (default: CPU cores, or the cluster's)")
-    p.add_argument("--threads", type=int, metavar="N", help="torch threads per cell (default: cores / N locally, 1 on Ray)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads per cell (default: cores / N locally, 1 on Ray)")
     p.add_argument("--redact", action="store_true", help="leave client images out of the report")
     p.add_argument("--out", metavar="DIR", required=True, help="sweep folder (resumed when it holds a store)")
     p.add_argument("--force", action="store_true", help="start afresh in a non-empty --out")
@@ -727,7 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
                 computes=False)
     what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
     for name, help in (("epsilon", "epsilon of T noisy steps at sample rate q; the last line is the number"),
-                       ("noise", "the noise multiplier sigma that spends a target epsilon; the last line is the number")):
+                       ("noise",
+                        "the noise multiplier sigma that spends a target epsilon; the last line is the number")):
         q = what.add_parser(name, help=help, description=help, parents=[quiet])
         if name == "epsilon":
             q.add_argument("--noise-multiplier", type=float, required=True, help="sigma")
@@ -754,7 +768,8 @@ def _protect_inputs(args) -> None:
 
     out = getattr(args, "out", None)
     if out and getattr(args, "force", False):
-        check_replaceable(out, {key: getattr(args, key) for key in _INPUTS if isinstance(getattr(args, key, None), str)})
+        check_replaceable(out, {key: getattr(args, key) for key in _INPUTS
+                                if isinstance(getattr(args, key, None), str)})
 
 
 def default_threads() -> int:

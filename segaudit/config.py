@@ -158,7 +158,7 @@ class AuditConfig:
             parse_defense(d)
 
     @classmethod
-    def quick(cls, **overrides) -> "AuditConfig":
+    def quick(cls, **overrides) -> AuditConfig:
         """A small budget for a first look (minutes on a laptop CPU)."""
         base = dict(attack_steps=60, batch_sizes=(1,), images=1, defenses=("none", "noise:0.01"),
                     tradeoff_train_steps=40, inference_updates=30, layer_attack_steps=8,
@@ -169,7 +169,7 @@ class AuditConfig:
         return cls(**{**base, **overrides})
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "AuditConfig":
+    def from_dict(cls, raw: dict[str, Any]) -> AuditConfig:
         """Build from plain values (YAML/JSON); unknown keys and wrong types are one-line errors naming the key."""
         if not isinstance(raw, dict):
             raise SegauditError("the config must be a mapping of keys to values")
@@ -178,11 +178,12 @@ class AuditConfig:
             models = values["models"]
             if not isinstance(models, list):
                 raise SegauditError("'models' must be a list of mappings (name, arch, checkpoint, ...)")
-            values["models"] = tuple(ModelConfig(**_checked(ModelConfig, m, f"models[{i}].")) for i, m in enumerate(models))
+            values["models"] = tuple(ModelConfig(**_checked(ModelConfig, m, f"models[{i}]."))
+                                     for i, m in enumerate(models))
         return cls(**values)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "AuditConfig":
+    def from_yaml(cls, path: str | os.PathLike) -> AuditConfig:
         """Read a YAML config (safe loader: no Python objects are ever constructed)."""
         import yaml
 
@@ -204,7 +205,7 @@ class AuditConfig:
                            for m in self.models]
         return json.loads(json.dumps(plain))
 
-    def differences(self, other: "AuditConfig") -> list[str]:
+    def differences(self, other: AuditConfig) -> list[str]:
         """The keys whose values differ between this config and ``other`` (``models[0].checkpoint``, ``size``)."""
         mine, theirs = self.to_dict(), other.to_dict()
         keys = [k for k in mine if k != "models" and mine[k] != theirs.get(k)]

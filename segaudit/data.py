@@ -205,7 +205,7 @@ def load_dataset(name_or_dir: str | os.PathLike, classes: int | Sequence[str] | 
     pairs = _pair_files(root)
     class_names = _resolve_classes(root, classes)
     images, masks, files = [], [], []
-    for stem, (image_path, mask_path) in pairs.items():
+    for image_path, mask_path in pairs.values():
         image_rel, mask_rel = _rel(image_path, root), _rel(mask_path, root)
         image = _image_to_unit(_read(image_path, image_rel, is_mask=False), image_rel)
         if channels is not None and image.shape[-1] != channels:

@@ -22,7 +22,7 @@ from .fl import client_update as plain_client_update
 from .registry import Registry
 from .types import Batch, ClientUpdate
 
-DEFENSES: Registry["Defense"] = Registry("defense")
+DEFENSES: Registry[Defense] = Registry("defense")
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,8 @@ def _global_norm(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
 def _checked(defense: str, key: str, value, kind: type, lo: float, hi: float, *, lo_open: bool = False,
              hi_open: bool = False, hint: str = "") -> float | int:
     """``value`` as ``kind`` if it lies in the interval ``lo..hi``; otherwise a one-line SegauditError."""
-    ok_type = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value).is_integer())
+    ok_type = (isinstance(value, (int, float)) and not isinstance(value, bool)
+               and (kind is float or float(value).is_integer()))
     v = kind(value) if ok_type else None
     if v is None or not ((lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)):
         interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
@@ -311,7 +312,8 @@ class LocalSteps(Defense):
 
     def __post_init__(self):
         object.__setattr__(self, "k", _checked(self.name, "k", self.k, int, 1, 10_000))
-        object.__setattr__(self, "lr", _checked(self.name, "lr", self.lr, float, 0, math.inf, lo_open=True, hi_open=True))
+        object.__setattr__(self, "lr", _checked(self.name, "lr", self.lr, float, 0, math.inf,
+                                                lo_open=True, hi_open=True))
         object.__setattr__(self, "minibatch", _checked(self.name, "minibatch", self.minibatch, int, 0, 1_000_000))
 
     def client_update(self, model: nn.Module, batch: Batch, *, seed: int = 0, **protocol) -> ClientUpdate:
@@ -334,10 +336,12 @@ def parse_defense(spec: str) -> Defense:
         key, eq, value = part.partition("=")
         if not eq:  # a bare value is the first parameter
             if i > 0 or not fields:
-                raise SegauditError(f"defense spec {spec!r}: write parameters as key=value ({', '.join(fields) or 'none'})")
+                raise SegauditError(f"defense spec {spec!r}: write parameters as key=value "
+                                    f"({', '.join(fields) or 'none'})")
             key, value = fields[0], part
         if key not in fields:
-            raise SegauditError(f"defense {name!r} has no parameter {key!r}; it takes: {', '.join(fields) or 'nothing'}")
+            raise SegauditError(f"defense {name!r} has no parameter {key!r}; "
+                                f"it takes: {', '.join(fields) or 'nothing'}")
         kwargs[key] = _number(value, spec)
     return factory(**kwargs)
 
@@ -396,9 +400,11 @@ class DPSGD(Defense):
             object.__setattr__(self, "eps", _checked(self.name, "eps", 8.0 if self.eps is None else self.eps,
                                                      float, 0, math.inf, lo_open=True, hi_open=True))
         else:
-            object.__setattr__(self, "sigma", _checked(self.name, "sigma", self.sigma, float, 0, math.inf, hi_open=True))
+            object.__setattr__(self, "sigma", _checked(self.name, "sigma", self.sigma, float, 0, math.inf,
+                                                       hi_open=True))
         object.__setattr__(self, "clip", _checked(self.name, "clip", self.clip, float, 0, math.inf, lo_open=True))
-        object.__setattr__(self, "delta", _checked(self.name, "delta", self.delta, float, 0, 1, lo_open=True, hi_open=True))
+        object.__setattr__(self, "delta", _checked(self.name, "delta", self.delta, float, 0, 1,
+                                                   lo_open=True, hi_open=True))
         object.__setattr__(self, "q", _checked(self.name, "q", self.q, float, 0, 1, lo_open=True))
         object.__setattr__(self, "rounds", _checked(self.name, "rounds", self.rounds, int, 1, 10**9))
         object.__setattr__(self, "dataset", _checked(self.name, "dataset", self.dataset, int, 0, 10**12))

@@ -17,7 +17,8 @@ USE = "nucleus segmentation in fluorescence microscopy (demo: bundled DSB2018 ti
 def demo_config(quick: bool = False) -> AuditConfig:
     """The demo's audit: small budgets chosen so the whole audit runs on a laptop CPU."""
     if quick:
-        return AuditConfig(name="segaudit demo (quick)", models=(ModelConfig("unet", train_steps=40, intended_use=USE),),
+        return AuditConfig(name="segaudit demo (quick)",
+                           models=(ModelConfig("unet", train_steps=40, intended_use=USE),),
                            attack_steps=30, batch_sizes=(1,), modes=("fedsgd",), images=1,
                            defenses=("none", "noise:0.01"), tradeoff_train_steps=10, inference=("composition",),
                            inference_updates=16, layers=True, layer_attack_steps=3)

@@ -156,7 +156,8 @@ def check_update(model: nn.Module, update: ClientUpdate) -> None:
                 "it was made for another architecture or number of classes")
     extra = sorted(set(update.tensors) - set(params))
     if extra:
-        raise SegauditError(f"update has tensor {extra[0]!r} that the model does not have: it was made for another architecture")
+        raise SegauditError(f"update has tensor {extra[0]!r} that the model does not have: "
+                            "it was made for another architecture")
     for name, t in update.tensors.items():
         if not torch.isfinite(t).all():
             raise SegauditError(f"update tensor {name!r} contains NaN or Inf; refusing to attack a corrupt update")

@@ -6,13 +6,12 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import SegauditError
-
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
 
@@ -103,7 +102,8 @@ def check_out_dir(path: str | os.PathLike, force: bool = False) -> Path:
     if path.exists() and not path.is_dir():
         raise SegauditError(f"output path {path} exists and is not a folder; choose another --out")
     if path.is_dir() and any(path.iterdir()) and not force:
-        raise SegauditError(f"output folder {path} already exists and is not empty; pass --force to overwrite or choose another --out")
+        raise SegauditError(f"output folder {path} already exists and is not empty; "
+                            "pass --force to overwrite or choose another --out")
     if path.is_dir():
         check_replaceable(path)
     return path

@@ -27,8 +27,9 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -346,7 +347,6 @@ def ablation_attack(model: nn.Module, update: ClientUpdate, batch: Batch, drop: 
     """
     from .attacks.objectives import select_names
     from .metrics import score
-
     from .models import layer_groups
 
     by_group = {g.name: list(g.params) for g in layer_groups(model)}
@@ -669,7 +669,8 @@ def gate_update(model: nn.Module, update: ClientUpdate, threshold: float = DEFAU
     spec = getattr(model, "segaudit_spec", None) or {}
     model = copy.deepcopy(model)
     n = max(1, int(update.meta.batch_size))
-    c = int(spec.get("in_channels") or next(m for m in model.modules() if isinstance(m, _WEIGHT_LAYERS)).weight.shape[1])
+    c = int(spec.get("in_channels")
+            or next(m for m in model.modules() if isinstance(m, _WEIGHT_LAYERS)).weight.shape[1])
     k = int(spec.get("classes") or 2)
     gen = torch.Generator().manual_seed(seed)
     probes = F.interpolate(torch.randn(n, c, max(size // 8, 1), max(size // 8, 1), generator=gen), size=(size, size),

@@ -14,8 +14,9 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -39,7 +40,7 @@ class Preprocessing:
     scale: float = 1.0
 
     @classmethod
-    def from_dict(cls, raw: Any, channels: int, source: str = "the preprocessing") -> "Preprocessing":
+    def from_dict(cls, raw: Any, channels: int, source: str = "the preprocessing") -> Preprocessing:
         """From ``{"mean", "std", "scale"}`` (a single number applies to every channel)."""
         if not isinstance(raw, Mapping) or not {"mean", "std"} <= set(raw):
             raise SegauditError(f"{source} must be a mapping with 'mean' and 'std' (and optionally 'scale'), "
@@ -58,7 +59,7 @@ class Preprocessing:
         return cls(mean, std, float(scale))
 
     @classmethod
-    def parse(cls, mean: str | None, std: str | None, scale: float | None = None, *, channels: int) -> "Preprocessing":
+    def parse(cls, mean: str | None, std: str | None, scale: float | None = None, *, channels: int) -> Preprocessing:
         """From the ``--mean``/``--std``/``--scale`` flags (comma-separated numbers)."""
         if (mean is None) != (std is None):
             raise SegauditError("give --mean and --std together (the normalisation the model was trained with)")

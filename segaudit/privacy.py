@@ -155,7 +155,8 @@ class DPSpec:
             raise SegauditError("give exactly one of noise_multiplier (sigma) or target_epsilon")
         if self.target_epsilon is not None:
             _check_epsilon(self.target_epsilon)
-        if self.noise_multiplier is not None and not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
+        if self.noise_multiplier is not None and not (self.noise_multiplier >= 0
+                                                      and math.isfinite(self.noise_multiplier)):
             raise SegauditError(f"noise multiplier must be a finite number >= 0, got {self.noise_multiplier}")
         _check_delta(self.delta)
         if not (self.max_grad_norm > 0):
@@ -163,7 +164,8 @@ class DPSpec:
         if self.accountant not in ACCOUNTANTS:
             raise SegauditError(f"unknown accountant {self.accountant!r}; use one of {', '.join(ACCOUNTANTS)}")
         if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
-            raise SegauditError(f"unknown grad sample mode {self.grad_sample_mode!r}; use one of {', '.join(GRAD_SAMPLE_MODES)}")
+            raise SegauditError(f"unknown grad sample mode {self.grad_sample_mode!r}; "
+                                f"use one of {', '.join(GRAD_SAMPLE_MODES)}")
         if not self.poisson:
             raise SegauditError("the accounting assumes Poisson sampling; keep poisson=True")
 

@@ -1,7 +1,8 @@
 """A small name -> factory registry used for attacks, defenses, metrics and layer scorers."""
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from .errors import SegauditError
 

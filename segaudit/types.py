@@ -42,7 +42,7 @@ class Batch:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def subset(self, index) -> "Batch":
+    def subset(self, index) -> Batch:
         """The batch restricted to ``index`` (a list of positions or a slice)."""
         idx = torch.as_tensor(index) if not isinstance(index, slice) else index
         names = tuple(self.names[i] for i in torch.arange(len(self))[idx].tolist()) if self.names else ()
@@ -124,7 +124,7 @@ class Prior:
     public_images: torch.Tensor | None = None
 
     @classmethod
-    def from_batch_shape(cls, batch: Batch, **kw) -> "Prior":
+    def from_batch_shape(cls, batch: Batch, **kw) -> Prior:
         """The public facts about ``batch`` (shape, classes, normalisation) — never its content."""
         c, h, w = batch.images.shape[1:]
         return cls((int(c), int(h), int(w)), len(batch), batch.num_classes, batch.task,

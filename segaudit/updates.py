@@ -5,7 +5,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-
 from .errors import SegauditError
 from .io import atomic_path, check_out_file
 from .types import ClientUpdate, UpdateMeta

@@ -53,7 +53,8 @@ def test_update_writes_safetensors_and_refuses_overwrite(tmp_path, capsys):
 
 def test_train_cli_small_and_refuses_existing_out(tmp_path):
     out = tmp_path / "run"
-    r = run_cli("train", "--quiet", "--data", "nuclei", "--size", "32", "--steps", "2", "--batch-size", "2", "--out", str(out))
+    r = run_cli("train", "--quiet", "--data", "nuclei", "--size", "32", "--steps", "2", "--batch-size", "2",
+                "--out", str(out))
     assert r.returncode == 0, r.stderr
     summary = json.loads((out / "train.json").read_text())
     assert 0.0 <= summary["heldout_dice"] <= 1.0 and (out / "model" / "config.json").exists()
@@ -111,15 +112,16 @@ def test_attack_cli_rates_identification_of_a_trained_fedavg_client(tmp_path):
 
 
 def test_attack_cli_classification_from_image_and_label(tmp_path):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     Image.fromarray((np.random.default_rng(0).random((32, 32)) * 255).astype("uint8")).save(tmp_path / "x.png")
     out = tmp_path / "att"
     assert main(["--quiet", "attack", "--arch", "lenet", "--image", str(tmp_path / "x.png"), "--label", "3",
                  "--classes", "5", "--size", "32", "--attack", "dlg", "--steps", "2", "--out", str(out)]) == 0
     result = json.loads((out / "result.json").read_text())
-    assert result["arch"] == "lenet" and result["metrics"]["mask_dice"] is None and result["metrics"]["label_acc"] == 1.0
+    assert result["arch"] == "lenet"
+    assert result["metrics"]["mask_dice"] is None and result["metrics"]["label_acc"] == 1.0
 
 
 @pytest.mark.parametrize("args, match", [
@@ -131,6 +133,7 @@ def test_attack_cli_classification_from_image_and_label(tmp_path):
     (["--model", "nowhere"], "nowhere"),
 ])
 def test_attack_cli_bad_inputs(tmp_path, args, match):
-    r = run_cli("--quiet", "attack", "--out", "o", *(args if "--steps" in args else ["--steps", "1", *args]), cwd=tmp_path)
+    r = run_cli("--quiet", "attack", "--out", "o", *(args if "--steps" in args else ["--steps", "1", *args]),
+                cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and match in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []

@@ -21,7 +21,6 @@ from segaudit.privacy import private_client_update
 from segaudit.report.findings import recommendations, stops_attack
 from segaudit.report.html import render
 from segaudit.tradeoff import TradeoffSettings, run_tradeoff
-from segaudit.types import Reconstruction
 
 COMMANDS = ("attack", "audit", "infer", "layers", "tradeoff", "update")
 
@@ -109,7 +108,8 @@ def test_the_tradeoff_attacks_several_images_and_ranks_them():
     assert row["attack_psnr_gain"] == pytest.approx(row["attack_psnr"] - row["attack_baseline_psnr"], abs=1e-9)
 
 
-@pytest.mark.parametrize("identified, stopped", [(None, True), ({"rate": 0.0, "ci": [0.0, 0.56], "chance": 1 / 32}, True),
+@pytest.mark.parametrize("identified, stopped", [(None, True),
+                                                 ({"rate": 0.0, "ci": [0.0, 0.56], "chance": 1 / 32}, True),
                                                  ({"rate": 1.0, "ci": [0.44, 1.0], "chance": 1 / 32}, False)])
 def test_a_defense_stops_the_attack_only_when_identification_is_at_chance(identified, stopped):
     row = {"attack_psnr_gain": -2.0, "attack_mask_dice_gain": -0.1, "attack_identification": identified}

@@ -55,7 +55,8 @@ def test_fedavg_equals_hand_written_sgd(unet, batch):
     # the global model is untouched and the client's BatchNorm statistics are shared
     for name, p in unet.named_parameters():
         assert torch.equal(p, before[name])
-    assert torch.allclose(update.buffers["encoder.bn1.running_mean"], dict(ref.named_buffers())["encoder.bn1.running_mean"])
+    assert torch.allclose(update.buffers["encoder.bn1.running_mean"],
+                          dict(ref.named_buffers())["encoder.bn1.running_mean"])
     assert update.meta.local_steps == 3 and update.kind == "delta"
 
 
@@ -63,7 +64,8 @@ def test_eval_mode_update_leaves_buffers_and_differs(unet, batch):
     train = client_update(unet, batch.subset([0, 1]))
     evald = client_update(unet, batch.subset([0, 1]), train_mode=False)
     assert not evald.meta.train_mode
-    assert torch.equal(evald.buffers["encoder.bn1.running_mean"], dict(unet.named_buffers())["encoder.bn1.running_mean"])
+    assert torch.equal(evald.buffers["encoder.bn1.running_mean"],
+                       dict(unet.named_buffers())["encoder.bn1.running_mean"])
     assert not torch.allclose(train.tensors["segmentation_head.0.bias"], evald.tensors["segmentation_head.0.bias"])
 
 

@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from segaudit.attacks.inference import (INFERENCE, Case, CompositionAttack, PropertySpec, crop_pool, roc_scores,
-                                        run_inference, simulate, stream)
+from segaudit.attacks.inference import (
+    INFERENCE,
+    Case,
+    CompositionAttack,
+    PropertySpec,
+    crop_pool,
+    roc_scores,
+    run_inference,
+    simulate,
+    stream,
+)
 from segaudit.cli import main
 from segaudit.data import load_dataset
 from segaudit.defenses import Defense
@@ -235,5 +244,6 @@ def test_streaming_gives_the_result_of_a_materialised_list(nuclei, attack, prop,
     if attack == "composition":
         errors = [float((p["composition"] - t.composition).abs().mean()) for p, t in zip(predictions, truths)]
         assert result.composition_mae == pytest.approx(np.mean(errors), abs=1e-12)
-        analytic = [float((p["composition_analytic"] - t.composition).abs().mean()) for p, t in zip(predictions, truths)]
+        analytic = [float((p["composition_analytic"] - t.composition).abs().mean())
+                    for p, t in zip(predictions, truths)]
         assert result.composition_mae_analytic == pytest.approx(np.mean(analytic), abs=1e-12)

@@ -31,8 +31,8 @@ from segaudit.train import evaluate, train_model
 
 THREADS = ["--threads", "1"]
 #: the smallest audit: one attack run of one step on a checkpoint, nothing else
-TINY_AUDIT = ["--size", "32", "--client-mode", "eval", "--quick", "--attack-steps", "1", "--inference", "", "--defenses", "none",
-              "--no-layers", "--images", "1", "--batch-sizes", "1", *THREADS]
+TINY_AUDIT = ["--size", "32", "--client-mode", "eval", "--quick", "--attack-steps", "1", "--inference", "",
+              "--defenses", "none", "--no-layers", "--images", "1", "--batch-sizes", "1", *THREADS]
 FIX = "use --force to start afresh, or another --out"
 VOLATILE = {"seconds", "runtime_s", "created", "command"}
 
@@ -580,8 +580,9 @@ def test_mean_std_with_a_config_apply_to_its_models(tmp_path, capsys, external, 
 
     folder, model, data = external
     config = tmp_path / "q.yaml"
-    config.write_text(yaml.safe_dump({"data": str(data2), "size": 32, "models": [{"name": "ext", "checkpoint": str(folder)}],
-                                      "attack_steps": 1, "batch_sizes": [1], "images": 1, "inference": [],
+    config.write_text(yaml.safe_dump({"data": str(data2), "size": 32,
+                                      "models": [{"name": "ext", "checkpoint": str(folder)}], "attack_steps": 1,
+                                      "batch_sizes": [1], "images": 1, "inference": [],
                                       "defenses": ["none"], "layers": False}))
     assert "does not say how its inputs were normalised" in refused(capsys, "audit", config, "--out", tmp_path / "a",
                                                                     *THREADS)
@@ -632,8 +633,8 @@ def test_an_audit_whose_every_cell_failed_exits_2(tmp_path, capsys, model2, data
     capsys.readouterr()
     assert cli("audit", "--model", model2, "--data", data2, *TINY_AUDIT, "--out", out) == 2
     log = capsys.readouterr().err.strip().splitlines()
-    assert log[-2:] == ["attack (model model, attack seg, defense none, mode fedsgd, batch_size 1, local_steps 1, seed 0, "
-                        "image 0, steps 1, restarts 1, client_mode eval, size 32) failed: RuntimeError: boom",
+    assert log[-2:] == ["attack (model model, attack seg, defense none, mode fedsgd, batch_size 1, local_steps 1, "
+                        "seed 0, image 0, steps 1, restarts 1, client_mode eval, size 32) failed: RuntimeError: boom",
                         f"error: no cell of the audit measured anything (see {out / 'report.html'}); fix the first "
                         "error above and rerun"]
     runs = read(out / "results.json")["runs"]

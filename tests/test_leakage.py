@@ -11,8 +11,7 @@ from segaudit import SegauditError
 from segaudit.cli import main
 from segaudit.data import load_dataset, make_batch
 from segaudit.fl import client_update
-from segaudit.leakage import (LAYER_SCORERS, ablation_attack, analyze_system, gate_update, gradient_system,
-                              layer_scores)
+from segaudit.leakage import LAYER_SCORERS, ablation_attack, analyze_system, gate_update, gradient_system, layer_scores
 from segaudit.models import build_model, save_model
 from segaudit.types import ClientUpdate
 from segaudit.updates import save_update
@@ -146,12 +145,13 @@ def test_check_update_cli_exit_codes_and_refusals(tmp_path, nuclei, capsys):
 
 def test_layers_cli_writes_report_and_chart(tmp_path, capsys):
     out = tmp_path / "layers"
-    code = main(["layers", "--arch", "unet", "--data", "nuclei", "--size", "32", "--client-mode", "eval", "--steps", "1", "--quiet",
-                 "--out", str(out)])
+    code = main(["layers", "--arch", "unet", "--data", "nuclei", "--size", "32", "--client-mode", "eval",
+                 "--steps", "1", "--quiet", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     payload = json.loads((out / "layers.json").read_text())
     names = [g["name"] for g in payload["groups"]]
-    assert names[:2] == ["encoder.stem", "encoder.layer1"] and "decoder.blocks.0" in names and "segmentation_head" in names
+    assert names[:2] == ["encoder.stem", "encoder.layer1"]
+    assert "decoder.blocks.0" in names and "segmentation_head" in names
     for key in ("name", "kind", "params", "score", "attack_psnr", "rank_deficiency", "condition", "sensitivity"):
         assert key in payload["groups"][0]
     assert (out / "layers.png").stat().st_size > 1000

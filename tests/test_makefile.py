@@ -30,3 +30,8 @@ def test_demo_and_test_install_first(target, command):
     out = _dry_run(target).stdout
     assert "pip install -q -e '.[dev]'" in out and command in out
     assert out.index("pip install -q -e") < out.index(command)
+
+
+def test_test_target_runs_ruff_before_pytest():
+    out = _dry_run("test").stdout
+    assert "ruff check ." in out and out.index("ruff check .") < out.index("-m pytest")

@@ -5,14 +5,26 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import binom
 from skimage.metrics import structural_similarity
 
 from segaudit.errors import SegauditError
 from segaudit.io import write_json
-from segaudit.metrics import (MIN_DISTRACTORS, best_constant_class, class_scores, composition_mask, denormalize,
-                              identification, match_order, ncc, score, segmentation_scores, wilson_interval)
+from segaudit.metrics import (
+    MIN_DISTRACTORS,
+    best_constant_class,
+    class_scores,
+    composition_mask,
+    denormalize,
+    identification,
+    match_order,
+    ncc,
+    score,
+    segmentation_scores,
+    wilson_interval,
+)
 from segaudit.types import Batch, Reconstruction
 
 

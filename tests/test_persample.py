@@ -77,7 +77,8 @@ def test_unsupported_cases_are_named():
 def test_batched_restarts_reach_the_sequential_result(name):
     model, shape = tiny_unet()
     gen = torch.Generator().manual_seed(0)
-    batch = Batch(torch.rand(1, *shape, generator=gen), (torch.rand(1, *shape[1:], generator=gen) > 0.5).long(), ("background", "nucleus"))
+    batch = Batch(torch.rand(1, *shape, generator=gen), (torch.rand(1, *shape[1:], generator=gen) > 0.5).long(),
+                  ("background", "nucleus"))
     update = client_update(model, batch, train_mode=False)
     prior = Prior.from_batch_shape(batch)
     for steps, tolerance in ((1, 1e-5), (6, 2e-2)):  # signed steps amplify float rounding a little

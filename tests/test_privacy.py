@@ -13,8 +13,15 @@ from segaudit.data import Dataset
 from segaudit.defenses import DPSGD, parse_defense
 from segaudit.fl import client_update
 from segaudit.models import build_model, load_model, save_model
-from segaudit.privacy import (DPSpec, check_sample_rate, epsilon, make_private_model, noise_for_epsilon,
-                              private_client_update, train_private)
+from segaudit.privacy import (
+    DPSpec,
+    check_sample_rate,
+    epsilon,
+    make_private_model,
+    noise_for_epsilon,
+    private_client_update,
+    train_private,
+)
 from segaudit.types import Batch
 
 
@@ -144,8 +151,8 @@ def test_dp_clipping_matches_per_sample_autograd(fixed, batch):
         per_sample.append(torch.autograd.grad(loss, params))
     c = 0.5 * min(float(torch.sqrt(sum((g ** 2).sum() for g in gs))) for gs in per_sample)  # every sample clipped
     # Opacus's clip factor is min(1, C / (norm + 1e-6))
-    expected = [sum(gs[j] * min(1.0, c / (float(torch.sqrt(sum((g ** 2).sum() for g in gs))) + 1e-6)) for gs in per_sample)
-                / len(batch) for j in range(len(params))]
+    expected = [sum(gs[j] * min(1.0, c / (float(torch.sqrt(sum((g ** 2).sum() for g in gs))) + 1e-6))
+                    for gs in per_sample) / len(batch) for j in range(len(params))]
     dp = private_client_update(model, Batch(images, batch.masks, batch.class_names), 0.0, c)
     for got, want in zip(dp.tensors.values(), expected):
         torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-10)
@@ -245,7 +252,8 @@ def test_cli_privacy_epsilon(capsys):
 
 @pytest.mark.parametrize("args, match", [
     (["privacy", "epsilon", "--noise-multiplier", "1", "--sample-rate", "2", "--steps", "10"], "sample rate"),
-    (["privacy", "epsilon", "--noise-multiplier", "1", "--sample-rate", "0.1", "--steps", "10", "--delta", "1"], "delta"),
+    (["privacy", "epsilon", "--noise-multiplier", "1", "--sample-rate", "0.1", "--steps", "10", "--delta", "1"],
+     "delta"),
     (["privacy", "noise", "--target-epsilon", "0", "--sample-rate", "0.1", "--steps", "10"], "target epsilon"),
     (["privacy", "epsilon", "--sample-rate", "0.1", "--steps", "10"], "--noise-multiplier"),
     (["train", "--target-epsilon", "3", "--out", "never"], "add --dp"),

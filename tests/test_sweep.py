@@ -13,7 +13,6 @@ from segaudit.config import AuditConfig, ModelConfig
 from segaudit.errors import SegauditError
 from segaudit.store import ResultsStore
 
-
 UNET, PAN = ModelConfig("unet", train_steps=3), ModelConfig("pan", arch="pan", train_steps=3)
 
 
@@ -68,10 +67,12 @@ def test_sequential_local_and_ray_give_identical_results(runs):
     assert len(seq) == 2 + 2 + 1  # two training cells, two attack cells, one inference cell
     assert without_runtime(local) == without_runtime(seq) == without_runtime(ray)
     results = [json.loads((root / name / "results.json").read_text()) for name in ("sequential", "local", "ray")]
-    assert without_runtime(results[1]["runs"]) == without_runtime(results[0]["runs"]) == without_runtime(results[2]["runs"])
+    seq_runs, local_runs, ray_runs = (without_runtime(r["runs"]) for r in results)
+    assert local_runs == seq_runs == ray_runs
     assert results[1]["cells"] == results[0]["cells"] == results[2]["cells"]
     for r in results[2]["runs"]:  # the driver wrote every worker's artefact, byte for byte the same
-        assert (root / "ray" / r["artefacts"]["grid"]).read_bytes() == (root / "local" / r["artefacts"]["grid"]).read_bytes()
+        png = r["artefacts"]["grid"]
+        assert (root / "ray" / png).read_bytes() == (root / "local" / png).read_bytes()
     assert (root / "ray" / "report.html").is_file()
     weights = [next((root / name / "models").glob("unet-*/model.safetensors")).read_bytes()
                for name in ("sequential", "local", "ray")]
@@ -165,7 +166,8 @@ def test_ctrl_c_stops_a_pool_sweep_leaving_whole_rows(runs, tmp_path):
     config = tmp_path / "grid.yaml"
     config.write_text(yaml.safe_dump(grid(models=(UNET,), seeds=tuple(range(12)), attack_steps=20).to_dict()))
     proc = subprocess.Popen([sys.executable, "-m", "segaudit.cli", "--quiet", "sweep", str(config), "--out", str(out),
-                             "--max-parallel", "1", "--threads", "1"], stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             "--max-parallel", "1", "--threads", "1"],
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.time() + 60
         while time.time() < deadline and len(rows(out)) < len(rows(root / "sequential")) + 1:

@@ -11,7 +11,6 @@ from segaudit.models import build_model
 from segaudit.report.plots import tradeoff_frontier
 from segaudit.tradeoff import TradeoffSettings, parse_defense_list, run_tradeoff
 
-
 ROW_KEYS = {"defense", "epsilon", "utility_dice", "utility_iou", "attack_psnr", "attack_ssim", "attack_mask_dice",
             "runtime_s"}
 
@@ -37,8 +36,8 @@ def test_tradeoff_cli_tiny_budget(tmp_path, capsys):
     out = tmp_path / "sweep"
     specs = ["none", "dp:eps=8/clip=1"] if "dp" in DEFENSES else ["none", "noise:0.001"]
     assert main(["--quiet", "tradeoff", "--arch", "unet", "--data", "nuclei", "--size", "32", "--defenses",
-                 ",".join(specs), "--batch-size", "1", "--train-steps", "2", "--attack-steps", "2", "--client-mode", "eval",
-                 "--out", str(out)]) == 0
+                 ",".join(specs), "--batch-size", "1", "--train-steps", "2", "--attack-steps", "2",
+                 "--client-mode", "eval", "--out", str(out)]) == 0
     result = json.loads((out / "tradeoff.json").read_text())
     rows = result["rows"]
     assert [row["defense"] for row in rows] == specs and result["settings"]["train_steps"] == 2

@@ -1,9 +1,13 @@
-import json, numpy as np
+import json
 from pathlib import Path
-from skimage import data, filters, color, io
+
+import numpy as np
+from skimage import color, data, filters, io
+
 for name, img in (("coins", data.coins()), ("astronaut", data.astronaut())):
     out = Path("/tmp/unseen") / name
-    (out / "images").mkdir(parents=True, exist_ok=True); (out / "masks").mkdir(exist_ok=True)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(exist_ok=True)
     grey = img if img.ndim == 2 else color.rgb2gray(img)
     mask = (grey > filters.threshold_otsu(grey)).astype(np.uint8)
     t = 128

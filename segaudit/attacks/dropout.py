@@ -68,7 +68,8 @@ class DropoutInversion(SegmentationInversion):
         if not p:
             return super()._run(model, update, prior)
         where = self.where or spec.get("where", "head")
-        sites = list(spec.get("sites") or dropout_sites(model, where)) if self.where is None else dropout_sites(model, where)
+        sites = (list(spec.get("sites") or dropout_sites(model, where)) if self.where is None
+                 else dropout_sites(model, where))
         order = _forward_order(model, sites, update, prior)
         if self.known_masks and "seed" not in spec:
             raise SegauditError("known_masks needs the client's dropout seed in update.meta.defense; "

@@ -17,8 +17,8 @@ import math
 import re
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +32,6 @@ from ..preprocessing import normalisation
 from ..registry import Registry
 from ..types import Batch, ClientUpdate, Prior
 from .recovery import head_bias_name, mean_bias_gradient, mean_softmax
-
 
 # -- the property ---------------------------------------------------------------------------------------------
 
@@ -52,7 +51,7 @@ class PropertySpec:
     text: str
 
     @classmethod
-    def parse(cls, spec: str, class_names: tuple[str, ...]) -> "PropertySpec":
+    def parse(cls, spec: str, class_names: tuple[str, ...]) -> PropertySpec:
         text = spec.strip()
         m = re.fullmatch(r"present:(.+)", text)
         if m:
@@ -71,8 +70,9 @@ class PropertySpec:
             raise SegauditError(f"property {spec!r}: the share X must be in [0, 1), got {threshold}")
         return cls(_class_index(m.group(2), class_names), threshold, "any" if m.group(1) else "batch", text)
 
-    def at_median(self, pool: Batch, batch_size: int, seed: int = 0, draws: int = 400) -> "PropertySpec":
-        """This property with ``X`` the median share over ``draws`` random batches of ``pool`` (per image for ``any:``)."""
+    def at_median(self, pool: Batch, batch_size: int, seed: int = 0, draws: int = 400) -> PropertySpec:
+        """This property with ``X`` the median share over ``draws`` random batches of ``pool`` (per image for
+        ``any:``)."""
         shares = (pool.masks == self.cls).flatten(1).double().mean(1)
         if self.scope == "any":
             median = float(shares.median())
@@ -133,8 +133,8 @@ class Truth:
 
 
 def crop_pool(dataset, indices: list[int], size: int, crops_per_image: int, seed: int, **norm) -> Batch:
-    """``len(indices) * crops_per_image`` random, augmented ``size`` px crops of ``indices`` (the pool clients draw from),
-    normalised with ``norm`` (``mean``/``std`` of :func:`segaudit.data.make_batch`; see
+    """``len(indices) * crops_per_image`` random, augmented ``size`` px crops of ``indices`` (the pool clients draw
+    from), normalised with ``norm`` (``mean``/``std`` of :func:`segaudit.data.make_batch`; see
     :func:`segaudit.preprocessing.normalisation`)."""
     from ..data import make_batch
 
@@ -257,7 +257,7 @@ class InferenceAttack(ABC):
     def __init__(self, prop: PropertySpec | None = None):
         self.prop = prop
 
-    def prepare(self, model: nn.Module, reference: Batch, case: Case) -> "InferenceAttack":
+    def prepare(self, model: nn.Module, reference: Batch, case: Case) -> InferenceAttack:
         """Set up what does not depend on the shadow updates, from the attacker's ``reference`` images."""
         return self
 
@@ -265,7 +265,7 @@ class InferenceAttack(ABC):
     def features(self, model: nn.Module, case: Case) -> np.ndarray:
         """The feature vector ``[F]`` of one case (after :meth:`prepare`)."""
 
-    def fit_features(self, features: np.ndarray, truths: Sequence[Truth]) -> "InferenceAttack":
+    def fit_features(self, features: np.ndarray, truths: Sequence[Truth]) -> InferenceAttack:
         """Learn from the shadow updates' ``features`` ``[S,F]`` and their ``truths``."""
         return self
 
@@ -273,7 +273,7 @@ class InferenceAttack(ABC):
     def predict_features(self, features: np.ndarray) -> dict:
         """``{"score": float (higher = more likely True), "composition": [K] or absent}`` for one feature vector."""
 
-    def fit(self, model: nn.Module, shadow: list[tuple[Case, Truth]], public: Batch) -> "InferenceAttack":
+    def fit(self, model: nn.Module, shadow: list[tuple[Case, Truth]], public: Batch) -> InferenceAttack:
         """Learn from the attacker's own simulated updates ``shadow`` (a materialised list); ``public``: its
         reference images for :meth:`prepare`. Same result as streaming them through :meth:`features`."""
         self.prepare(model, public, shadow[0][0])

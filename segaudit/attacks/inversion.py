@@ -6,8 +6,8 @@ simulates for them matches the shared one; the restart with the lowest matching 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -15,8 +15,8 @@ from torch import nn
 from ..errors import SegauditError
 from ..progress import progress
 from ..types import ClientUpdate, Prior, Reconstruction
-from .base import ATTACKS, COMBINE, Attack, RestartResult, box_bounds, cosine_decay, resize, total_variation
 from .adaptive import Adaptation, adapt_to_defense
+from .base import ATTACKS, COMBINE, Attack, RestartResult, box_bounds, cosine_decay, resize, total_variation
 from .curvature import relu_curvature
 from .objectives import GradientMatcher, simulate_update
 from .persample import GroupedMatcher, unsupported

@@ -5,7 +5,7 @@ shared, tensor by tensor (both keyed by parameter name). Lower is better; 0 mean
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -24,13 +24,15 @@ OBJECTIVES: Registry[Objective] = Registry("objective")
 
 
 @OBJECTIVES.register("l2")
-def l2_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+def l2_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor],
+                weights: Sequence[float]) -> torch.Tensor:
     """DLG (Zhu et al. 2019): ``sum_l w_l * ||g_l - g*_l||^2``."""
     return sum(w * (d - t).pow(2).sum() for d, t, w in zip(dummy, target, weights))
 
 
 @OBJECTIVES.register("cosine")
-def cosine_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+def cosine_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor],
+                    weights: Sequence[float]) -> torch.Tensor:
     """Inverting Gradients (Geiping et al. 2020): ``1 - cos(g, g*)`` over all tensors as one vector.
 
     With weights, each tensor's entries are scaled by ``sqrt(w_l)`` in both vectors.
@@ -39,7 +41,8 @@ def cosine_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor
 
 
 @OBJECTIVES.register("layer_cosine")
-def layer_cosine_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+def layer_cosine_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor],
+                          weights: Sequence[float]) -> torch.Tensor:
     """Weighted mean over tensors of ``1 - cos(g_l, g*_l)``: every layer counts, whatever its size.
 
     Tensors whose target is all zero (e.g. pruned away) carry no direction and are skipped.
@@ -52,7 +55,8 @@ LOG_EPS = 1e-4
 
 
 @OBJECTIVES.register("layer_log_cosine")
-def layer_log_cosine_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+def layer_log_cosine_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor],
+                              weights: Sequence[float]) -> torch.Tensor:
     """Weighted mean over tensors of ``log(1 + d_l / eps)``, ``d_l = 1 - cos(g_l, g*_l)``, ``eps = 1e-4``.
 
     Like ``layer_cosine``, but every tensor counts by its *relative* change: the late decoder tensors of a

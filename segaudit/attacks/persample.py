@@ -88,7 +88,8 @@ class GroupedMatcher:
             return out.clone() if module in self.copied else out
 
         modules = set(self.owners.values())
-        handles = [h for m in modules for h in (m.register_forward_pre_hook(copy_input), m.register_forward_hook(record))]
+        handles = [h for m in modules
+                   for h in (m.register_forward_pre_hook(copy_input), m.register_forward_hook(record))]
         try:
             self.model.eval()
             logits = functional_call(self.model, {**self.params, **self.buffers}, (images.flatten(0, 1),))
@@ -139,7 +140,8 @@ def _stats(module: nn.Module, kind: str, a: torch.Tensor, delta: torch.Tensor, r
         x_hat = F.group_norm(a, module.num_groups, eps=module.eps) if kind == "weight" else 1
         return _dense_stats(_channel_sums(delta * x_hat, r), target, support)
     if kind == "bias":
-        grad = delta.reshape(r, -1, delta.shape[-1]).sum(1) if isinstance(module, nn.Linear) else _channel_sums(delta, r)
+        grad = (delta.reshape(r, -1, delta.shape[-1]).sum(1) if isinstance(module, nn.Linear)
+                else _channel_sums(delta, r))
         return _dense_stats(grad, target, support)
     groups = getattr(module, "groups", 1)
     o, k = target.shape[0] // groups, target[0].numel()

@@ -24,7 +24,7 @@ class BatchNormPrior:
         self.handles = [modules[name].register_forward_hook(self._hook(name)) for name in targets]
 
     @classmethod
-    def from_update(cls, model: nn.Module, update: ClientUpdate) -> "BatchNormPrior | None":
+    def from_update(cls, model: nn.Module, update: ClientUpdate) -> BatchNormPrior | None:
         """The prior for ``update``, or ``None`` when it reveals no batch statistics."""
         stats = client_batch_stats(model, update)
         return cls(model, stats) if stats else None

@@ -174,7 +174,8 @@ def risk(results: dict) -> dict:
         worst["inference_auc"], worst["inference_attack"] = value, row.get("attack")
         for v, r in aucs:
             ci = r.get("auc_ci")
-            above = not (isinstance(ci, (list, tuple)) and len(ci) == 2 and num(ci[0]) is not None and num(ci[0]) <= 0.5)
+            above = not (isinstance(ci, (list, tuple)) and len(ci) == 2
+                         and num(ci[0]) is not None and num(ci[0]) <= 0.5)
             if v >= AUC[1] and above:
                 found.append(("high" if v >= AUC[0] else "medium",
                               f"inference AUC {v:.2f} ({r.get('attack', '?')} {r.get('property') or ''} on "
@@ -276,7 +277,8 @@ def recommendations(results: dict) -> list[str]:
         safe = [r for r in defended if stops_attack(r) and num(r.get("utility_dice")) is not None]
         if safe:
             best = max(safe, key=lambda r: num(r["utility_dice"]))
-            loss = f"{base_dice - num(best['utility_dice']):.3f}" if base_dice is not None else "unknown (no undefended row)"
+            loss = (f"{base_dice - num(best['utility_dice']):.3f}" if base_dice is not None
+                    else "unknown (no undefended row)")
             tested = "the only defense tested" if len(defended) == 1 else f"of the {len(defended)} defenses tested"
             out.append(f"{model}: {tested}, {best.get('defense')} left the attack no better than the attacker's "
                        f"baseline (PSNR gain {_fmt(num(best['attack_psnr_gain']), '+.1f')} dB, from "
@@ -288,8 +290,8 @@ def recommendations(results: dict) -> list[str]:
                       "it left " if len(defended) == 1 else
                       f"none of the {len(defended)} defenses tested stopped the attack beating its baseline; "
                       f"the best, {best.get('defense')}, left ")
-            out.append(f"{model}: {tested}a PSNR gain of {_fmt(num(best['attack_psnr_gain']), '+.1f')} dB (utility Dice "
-                       f"{_fmt(num(best.get('utility_dice')), '.3f')}). "
+            out.append(f"{model}: {tested}a PSNR gain of {_fmt(num(best['attack_psnr_gain']), '+.1f')} dB "
+                       f"(utility Dice {_fmt(num(best.get('utility_dice')), '.3f')}). "
                        "Test stronger settings (more noise, a smaller DP epsilon) before deployment.")
         for row in rows:
             dp = _dp(row)
@@ -297,9 +299,11 @@ def recommendations(results: dict) -> list[str]:
             if eps is None:
                 continue
             changes = dp.get("model_changes") or []
-            out.append(f"{model}: DP-SGD ({row.get('defense')}) achieved ε = {eps:.3g} at δ = {_fmt(num(dp.get('delta')), 'g')} "
+            out.append(f"{model}: DP-SGD ({row.get('defense')}) achieved ε = {eps:.3g} "
+                       f"at δ = {_fmt(num(dp.get('delta')), 'g')} "
                        f"(σ {_fmt(num(dp.get('noise_multiplier')))}, C {_fmt(num(dp.get('max_grad_norm')), 'g')}, "
-                       f"q {_fmt(num(dp.get('sample_rate')))}, {dp.get('steps', '?')} steps, {dp.get('accountant', '?')} accountant); "
+                       f"q {_fmt(num(dp.get('sample_rate')))}, {dp.get('steps', '?')} steps, "
+                       f"{dp.get('accountant', '?')} accountant); "
                        f"utility Dice {_fmt(num(row.get('utility_dice')), '.3f')}, attack PSNR "
                        f"{_fmt(num(row.get('attack_psnr')), '.1f')} dB"
                        + (f"; the model was changed for it ({', '.join(map(str, changes))})." if changes else "."))
@@ -311,25 +315,29 @@ def recommendations(results: dict) -> list[str]:
             continue
         groups.sort(key=lambda g: -num(g["score"]))
         top = ", ".join(f"{g.get('name')} (score {num(g['score']):.2f}"
-                        + (f", attack PSNR {num(g.get('attack_psnr')):.1f} dB" if num(g.get("attack_psnr")) is not None else "")
+                        + (f", attack PSNR {num(g.get('attack_psnr')):.1f} dB"
+                           if num(g.get("attack_psnr")) is not None else "")
                         + ")" for g in groups[:max(1, min(3, len(groups) - 1))])
         one = max(1, min(3, len(groups) - 1)) == 1
         out.append(f"{model}: the layer group{' that leaks most is' if one else 's that leak most are'} {top}; "
                    f"share {'it' if one else 'them'} only through secure aggregation, or freeze "
                    f"{'it' if one else 'them'} during federated fine-tuning"
-                   + (f" (least exposed: {groups[-1].get('name')}, score {num(groups[-1]['score']):.2f})." if len(groups) > 1 else "."))
+                   + (f" (least exposed: {groups[-1].get('name')}, score {num(groups[-1]['score']):.2f})."
+                      if len(groups) > 1 else "."))
     out += _batch_effect(results)
     for row in _list(results, "inference"):
         auc, mae = num(row.get("auc")), num(row.get("composition_mae"))
         if auc is None and mae is None:
             continue
         what = f"{row.get('attack', 'inference')} attack" + (f" on '{row['property']}'" if row.get("property") else "")
+        tpr = num(row.get("tpr_at_1pct_fpr"))
         parts = ([f"AUC {auc:.2f}"] if auc is not None else []) + \
-                ([f"TPR {num(row.get('tpr_at_1pct_fpr')):.2f} at 1 % FPR"] if num(row.get("tpr_at_1pct_fpr")) is not None else []) + \
+                ([f"TPR {tpr:.2f} at 1 % FPR"] if tpr is not None else []) + \
                 ([f"class shares recovered within MAE {mae:.3g}"] if mae is not None else [])
         ci = row.get("auc_ci") if isinstance(row.get("auc_ci"), (list, tuple)) and len(row["auc_ci"]) == 2 else None
         strong = auc is not None and auc >= AUC[1] and (ci is None or (num(ci[0]) or 0.0) > 0.5)
-        out.append(f"{row.get('model', 'model')}: the {what} (defense {row.get('defense') or 'none'}, batch {row.get('batch_size', '?')}) "
+        out.append(f"{row.get('model', 'model')}: the {what} "
+                   f"(defense {row.get('defense') or 'none'}, batch {row.get('batch_size', '?')}) "
                    f"reached {', '.join(parts)}"
                    + ("; what a batch contains leaks even without image reconstruction — aggregate updates "
                       "over several clients (secure aggregation) before the server sees them." if strong else "."))
@@ -341,7 +349,8 @@ def recommendations(results: dict) -> list[str]:
     skipped = inapplicable_runs(results)
     if skipped:
         reasons = sorted({str(r.get("error")) for r in skipped})
-        out.append(f"{len(skipped)} of {len(_list(results, 'runs'))} runs are not applicable: {'; '.join(reasons[:3])}. "
+        out.append(f"{len(skipped)} of {len(_list(results, 'runs'))} runs are not applicable: "
+                   f"{'; '.join(reasons[:3])}. "
                    "No client can share such an update, so nothing is missing from the verdict.")
     if level["level"] == "unknown":
         out.append(f"Nothing was measured against a baseline ({', '.join(level['missing'])}), so no risk level is "
@@ -383,5 +392,6 @@ def _batch_effect(results: dict) -> list[str]:
         out.append(f"{model}: undefended {attack} attack PSNR gain over the baseline ({mode}) by batch size: {trend}; "
                    + (f"from batches of {safe} images on the attack no longer beat its baseline (on average)."
                       if safe is not None else
-                      "it beat its baseline at every batch size tested, so larger batches alone are not a defense here."))
+                      "it beat its baseline at every batch size tested, "
+                      "so larger batches alone are not a defense here."))
     return out

@@ -199,7 +199,8 @@ def _threat(config: dict, runs: list[dict], results: dict) -> dict:
 
 def _grids(runs: list[dict], base_dir, redact: bool) -> dict:
     """Reconstruction grids of finished runs as data URIs (none when redacted), with notes on skipped files."""
-    listed = [r for r in runs if r.get("status", "ok") == "ok" and isinstance(_dict(r.get("artefacts")).get("grid"), str)]
+    listed = [r for r in runs
+              if r.get("status", "ok") == "ok" and isinstance(_dict(r.get("artefacts")).get("grid"), str)]
     if redact:
         return {"images": [], "notes": [], "listed": len(listed)}
     images, notes = [], []
@@ -341,7 +342,8 @@ def _dp_rows(results: dict) -> list[dict]:
         changes = dp.get("model_changes")
         out.append({"model": model, "defense": defense, "accountant": dp.get("accountant"), "steps": dp.get("steps"),
                     "model_changes": [str(c) for c in changes] if isinstance(changes, list) else [],
-                    **{k: num(dp.get(k)) for k in ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate")}})
+                    **{k: num(dp.get(k))
+                       for k in ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate")}})
     return out
 
 

@@ -106,9 +106,11 @@ def tradeoff_frontier(rows: list[dict], path: str | Path, title: str = "") -> Pa
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     for ax, key, label in ((axes[0], "attack_psnr_gain", "attack PSNR gain over its baseline (dB)  ← more private"),
-                           (axes[1], "attack_mask_dice_gain", "recovered-mask Dice gain over its baseline  ← more private")):
+                           (axes[1], "attack_mask_dice_gain",
+                            "recovered-mask Dice gain over its baseline  ← more private")):
         ax.axvline(0.0, color="gray", lw=1, ls=":", zorder=1)
-        pts = [(r[key], r["utility_dice"], r) for r in rows if r.get(key) is not None and r.get("utility_dice") is not None]
+        pts = [(r[key], r["utility_dice"], r) for r in rows
+               if r.get(key) is not None and r.get("utility_dice") is not None]
         for x, y, r in pts:
             dp = r.get("epsilon") is not None
             ax.scatter([x], [y], marker="s" if dp else "o", color="tab:red" if dp else "tab:blue", zorder=3)
