@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from segaudit import data as sd
-from segaudit.data import BUNDLED, Dataset, check_input_size, load_dataset, make_batch, patches, split
+from segaudit.data import BUNDLED, Dataset, check_size_multiple, load_dataset, make_batch, patches, split
 from segaudit.errors import SegauditError
 
 # -- writers -------------------------------------------------------------------------------------------------
@@ -303,14 +303,14 @@ def test_resize_keeps_mask_values(tmp_path):
 
 
 def test_stride_handling():
-    check_input_size(96, 32)
+    check_size_multiple(96, 32)
     with pytest.raises(SegauditError, match=r"size 100 is not a multiple of the model's output stride 32; "
                                             r"use 96 or 128"):
-        check_input_size(100, 32)
+        check_size_multiple(100, 32)
     with pytest.raises(SegauditError, match=r"size 16 is not a multiple of the model's output stride 32; use 32$"):
-        check_input_size(16, 32)
+        check_size_multiple(16, 32)
     with pytest.raises(SegauditError, match="positive number of pixels"):
-        check_input_size(0, 32)
+        check_size_multiple(0, 32)
     ds = load_dataset("nuclei")
     with pytest.raises(SegauditError, match="use 96 or 128"):
         make_batch(ds, [0], size=100)
@@ -506,7 +506,7 @@ def test_huge_image_refused_before_decoding(simple):
 
 @pytest.mark.parametrize("ext", [".tif", ".dcm", ".nii.gz"])
 def test_decoded_size_limit(simple, ext, monkeypatch):
-    monkeypatch.setattr(sd, "MAX_BYTES", 100)
+    monkeypatch.setattr(sd.readers, "MAX_BYTES", 100)  # the limit lives with the readers
     (simple / "images" / "a.png").unlink()
     WRITERS[ext](simple / "images" / f"a{ext}", grey())
     with pytest.raises(SegauditError, match=rf"images/a{ext} is 16x16 pixels .*largest accepted"):
