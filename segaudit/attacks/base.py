@@ -14,19 +14,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import HONEST_SERVER
 from ..errors import SegauditError
 from ..fl import check_update
+from ..metrics import match_order
 from ..registry import Registry
 from ..types import ClientUpdate, Prior, Reconstruction
+
+#: The attackers (``Attack.threat``): the protocol's honest-but-curious server, and the opt-in worst case of a
+#: server that alters the model it sends (the verdict reads only the first; the report shows the second apart).
+HONEST_SERVER, MALICIOUS_SERVER = "honest-but-curious server", "malicious server"
 
 
 class Attack(ABC):
     """Base class of every attack. Subclasses implement :meth:`_run` on validated inputs.
 
-    ``threat`` names the attacker (:data:`segaudit.config.HONEST_SERVER`): an honest-but-curious server runs the
-    protocol as agreed and attacks the model it was going to send anyway; a malicious server
-    (:data:`~segaudit.config.MALICIOUS_SERVER`) alters that model first (:meth:`send`).
+    ``threat`` names the attacker (:data:`HONEST_SERVER`): an honest-but-curious server runs the protocol as
+    agreed and attacks the model it was going to send anyway; a malicious server (:data:`MALICIOUS_SERVER`)
+    alters that model first (:meth:`send`).
     """
 
     threat = HONEST_SERVER
@@ -108,8 +112,6 @@ def median_restart(restarts: list[RestartResult], task: str, extras: dict | None
     although its matching loss is higher. The order of the images within a batch is arbitrary, so each
     restart's batch is first put in the order of the best restart's (one-to-one by least MSE).
     """
-    from ..metrics import match_order
-
     rec = best_restart(restarts, task, extras)
     done = [r for r in restarts if math.isfinite(r.loss)]
     if len(done) < 2:

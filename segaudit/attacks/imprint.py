@@ -29,10 +29,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import MALICIOUS_SERVER
 from ..errors import SegauditError
 from ..types import ClientUpdate, Prior, Reconstruction
-from .base import ATTACKS, Attack, box_bounds
+from .base import ATTACKS, MALICIOUS_SERVER, Attack, box_bounds
 from .masks import masks_for
 from .recovery import estimate_composition
 

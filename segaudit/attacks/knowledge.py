@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data import make_batch
 from ..types import Batch
 
 CROPS_PER_IMAGE = 4  # random crops per other image: 15 other nuclei tiles give 60 distractors (>= 31 needed)
@@ -46,8 +47,6 @@ def attacker_data(dataset, batch: Batch, size: int, *, fit: str, norm: dict, see
             resized image).
         norm: ``mean``/``std`` of the client's normalisation (:func:`segaudit.preprocessing.normalisation`).
     """
-    from ..data import make_batch
-
     stems = {name.split("@")[0] for name in batch.names}
     others = [i for i, name in enumerate(dataset.names) if name not in stems]
     if not others:

@@ -21,6 +21,7 @@ from torch.func import functional_call, jvp, vjp
 
 from ..errors import SegauditError
 from ..types import ClientUpdate, Prior
+from .inversion import MatchingLoss
 from .objectives import GradientMatcher
 
 #: The objective every candidate mask is judged by.
@@ -104,8 +105,6 @@ def masks_for(model: nn.Module, update: ClientUpdate, prior: Prior, images: torc
               iterations: int = 150) -> tuple[torch.Tensor, dict]:
     """Hard masks ``[N,H,W]`` for ``images`` ``[N,C,H,W]``: the better-matching of :func:`model_masks` and
     :func:`solve_masks` (when the loss is ``"ce"``), and ``{"mask_source": name, "mask_losses": {name: loss}}``."""
-    from .inversion import MatchingLoss
-
     candidates = {"model": model_masks(model, images)}
     if update.meta.loss == "ce":
         candidates["least squares"] = solve_masks(model, update, images, iterations).argmax(1)

@@ -14,14 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SegauditError
+from ..models import layer_groups
 from ..types import ClientUpdate, Prior
 from .base import box_bounds
 
 
 def head_bias_name(model: nn.Module, update: ClientUpdate, num_classes: int) -> str:
     """Name of the output layer's bias (shape ``[K]``) in the head group of ``layer_groups``."""
-    from ..models import layer_groups
-
     heads = [g for g in layer_groups(model) if g.kind == "head"]
     shapes = dict(model.named_parameters())
     for group in reversed(heads):

@@ -9,7 +9,7 @@ from torch import nn
 from ..fl import client_update
 from ..metrics import identification, score
 from ..types import Batch, ClientUpdate, Prior, Reconstruction
-from . import ATTACKS
+from .base import ATTACKS  # filled by the package's __init__, which Python runs before this module
 from .knowledge import AttackerData
 
 
