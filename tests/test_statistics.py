@@ -65,3 +65,16 @@ def test_seg_defaults_to_fifteen_statistics_steps_per_matching_step(case):
     rec = ATTACKS.create("seg", steps=2).run(model, update, Prior.from_batch_shape(batch))
     assert rec.extras["images_from"].startswith("BatchNorm statistics (30 steps")
     assert len(rec.extras["statistics_distance"]) == 1
+
+
+def test_restarts_keep_the_one_whose_statistics_match_best(case):
+    model, batch, update = case
+    prior = Prior.from_batch_shape(batch)
+    rec = ATTACKS.create("seg", steps=2, statistics_steps=40, restarts=3).run(model, update, prior)
+    distances = rec.extras["statistics_distance"]
+    assert len(distances) == 3 and len(set(distances)) == 3  # each start went its own way
+    assert rec.extras["combine"] == "lowest statistics distance" and len(rec.restart_losses) == 3
+    stats = BatchNormPrior(model, client_batch_stats(model, update))
+    best, _ = invert_statistics(model, stats, prior, torch.Generator().manual_seed(distances.index(min(distances))), 40)
+    stats.remove()
+    assert torch.allclose(rec.images, best, atol=1e-6)

@@ -16,7 +16,17 @@ from ..errors import SegauditError
 from ..progress import progress
 from ..types import ClientUpdate, Prior, Reconstruction
 from .adaptive import Adaptation, adapt_to_defense
-from .base import ATTACKS, COMBINE, Attack, RestartResult, box_bounds, cosine_decay, resize, total_variation
+from .base import (
+    ATTACKS,
+    COMBINE,
+    Attack,
+    RestartResult,
+    best_restart,
+    box_bounds,
+    cosine_decay,
+    resize,
+    total_variation,
+)
 from .curvature import relu_curvature
 from .objectives import GradientMatcher, simulate_update
 from .persample import GroupedMatcher, unsupported
@@ -185,7 +195,11 @@ class InversionAttack(Attack):
                 results += self._restarts(loss, prior, [torch.Generator().manual_seed(s) for s in seeds], extras)
         finally:
             loss.close()
-        return COMBINE[self.combine](results, prior.task, extras)
+        return self._combine(results, prior.task, extras)
+
+    def _combine(self, results: list[RestartResult], task: str, extras: dict) -> Reconstruction:
+        """The reconstruction made of the restarts' results (:data:`~segaudit.attacks.base.COMBINE`)."""
+        return COMBINE[self.combine](results, task, extras)
 
     def loss_settings(self, prior: Prior) -> tuple[str, float]:
         """The objective and surrogate ReLU curvature used for an update of ``prior.batch_size`` images."""
@@ -338,7 +352,8 @@ class SegmentationInversion(InvertingGradients):
     * when a train-mode client shares its BatchNorm buffers, they reveal the batch mean and variance of
       every BatchNorm input; the images are then found by matching those alone
       (:mod:`~segaudit.attacks.statistics`: train-mode gradients are chaotic in the images), and the mask
-      logits by gradient matching with the images fixed.
+      logits by gradient matching with the images fixed; with several restarts, the result is the restart whose
+      statistics match best.
 
     Args:
         objective, relu_curvature: ``None`` = chosen by batch size and budget, as measured best on the
@@ -421,8 +436,19 @@ class SegmentationInversion(InvertingGradients):
             return None
         found = [invert_statistics(loss.model, statistics, prior, g, steps) for g in gens]
         extras["images_from"] = f"BatchNorm statistics ({steps} steps; masks by gradient matching)"
-        extras["statistics_distance"] = [history[-1] for _, history in found]
+        extras.setdefault("statistics_distance", []).extend(history[-1] for _, history in found)
         return torch.stack([images for images, _ in found])
+
+    def _combine(self, results: list[RestartResult], task: str, extras: dict) -> Reconstruction:
+        """With images from the statistics, the restart whose statistics match best: the final distance ranks
+        the starts as their PSNR does, and a median would blend a good start with bad ones."""
+        distances = extras.get("statistics_distance")
+        if not distances or len(results) < 2:
+            return super()._combine(results, task, extras)
+        rec = best_restart([results[distances.index(min(distances))]], task, extras)
+        rec.restart_losses, rec.restart_status = [r.loss for r in results], [r.status for r in results]
+        extras["combine"] = "lowest statistics distance"
+        return rec
 
 
 def _signed(variables: list[torch.Tensor], alive: torch.Tensor | None = None) -> None:
