@@ -20,7 +20,7 @@ if __name__ == "__main__":
     base = best_of("pass")
     torch_s = best_of("import torch")
     sa_s = best_of("import segaudit")
-    full_s = best_of("import segaudit.models, segaudit.data; segaudit.models._smp()")
+    full_s = best_of("import segaudit.models, segaudit.data; segaudit.models.catalog.import_smp()")
     print(f"python startup        {base:6.2f} s")
     print(f"import torch          {torch_s:6.2f} s")
     print(f"import segaudit       {sa_s:6.2f} s  ({sa_s / torch_s:.2f}x torch; target < 5 s)")

@@ -114,8 +114,8 @@ def test_restarts_that_go_nan_are_abandoned(seg_case):
     model, batch, update, prior = seg_case
 
     class Exploding(DLG):
-        def _restarts(self, loss, prior, gens, extras):
-            return super()._restarts(lambda x, y: loss(x, y) * float("nan"), prior, gens, extras)
+        def run_restarts(self, loss, prior, gens, extras):
+            return super().run_restarts(lambda x, y: loss(x, y) * float("nan"), prior, gens, extras)
 
     rec = Exploding(steps=2, restarts=2).run(model, update, prior)
     assert rec.status == "no valid reconstruction" and rec.images is None

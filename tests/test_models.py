@@ -13,6 +13,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from segaudit import models as M
 from segaudit.errors import SegauditError
+from segaudit.models.activations import relu_calls
+from segaudit.models.catalog import import_smp
 
 SEGMENTATION = M.available_archs()["segmentation"]
 CLASSIFICATION = M.available_archs()["classification"]
@@ -172,7 +174,7 @@ class FunctionalRelu(torch.nn.Module):
 def test_functional_relu_is_seen_by_the_oracle_and_by_segaudit():
     x = torch.randn(1, 3, 8, 8)
     assert relu_ops(FunctionalRelu(), x) == {"relu"}
-    assert M._relu_calls(FunctionalRelu(), x) == {"relu"}
+    assert relu_calls(FunctionalRelu(), x) == {"relu"}
 
 
 def test_sigmoid_is_refused_for_an_encoder_with_functional_relu():
@@ -310,7 +312,7 @@ def test_inception_groups_are_its_mixed_blocks():
 
 
 def test_models_built_by_smp_itself_get_a_spec_and_groups(tmp_path):
-    model = M._smp().FPN("resnet18", encoder_weights=None, classes=3)
+    model = import_smp().FPN("resnet18", encoder_weights=None, classes=3)
     spec = M.model_spec(model)
     assert (spec["arch"], spec["encoder"], spec["classes"], spec["activation"]) == ("fpn", "resnet18", 3, "relu")
     assert M.is_segmentation(model)
@@ -393,7 +395,7 @@ def test_save_load_round_trip(tmp_path, arch):
 
 
 def test_loads_a_plain_smp_save_pretrained_folder(tmp_path):
-    smp = M._smp()
+    smp = import_smp()
     model = smp.Unet("resnet18", encoder_weights=None, in_channels=1, classes=2, decoder_channels=(32, 16, 8, 8, 8))
     model.save_pretrained(tmp_path)
     loaded = M.load_model(tmp_path)

@@ -105,9 +105,9 @@ def test_a_restart_that_goes_nan_leaves_the_others_alone():
     update = client_update(model, batch, train_mode=False)
 
     class SecondExplodes(type(ATTACKS.create("seg"))):
-        def _restarts(self, loss, prior, gens, extras):
+        def run_restarts(self, loss, prior, gens, extras):
             poison = torch.tensor([1.0, float("nan"), 1.0])[: len(gens)]
-            return super()._restarts(lambda x, y: loss(x, y) * poison, prior, gens, extras)
+            return super().run_restarts(lambda x, y: loss(x, y) * poison, prior, gens, extras)
 
     rec = SecondExplodes(steps=3, restarts=3).run(model, update, Prior.from_batch_shape(batch))
     assert rec.status == "ok" and rec.restart_status[0] == "ok" and rec.restart_status[2] == "ok"

@@ -42,7 +42,7 @@ def test_mask_conversion_keeps_class_indices_and_checks_the_class_count(h, w, k,
     raw = labels.astype(dtype)
     if colour:  # a greyscale mask saved as RGB: equal channels
         raw = np.repeat(raw[..., None], 3, axis=-1)
-    out = sd._mask_to_labels(raw, "m.png")
+    out = sd.mask_to_labels(raw, "m.png")
     assert out.dtype == np.int64 and out.shape == (h, w) and np.array_equal(out, labels)
     assert np.array_equal(Dataset([np.zeros((h, w), np.float32)], [out], ("a",), k)[0][1], labels)
     with pytest.raises(SegauditError, match=rf"outside 0\.\.{k - 2} \({k - 1} classes\)"):
@@ -55,7 +55,7 @@ def test_mask_conversion_keeps_class_indices_and_checks_the_class_count(h, w, k,
 def test_image_conversion_gives_unit_range_and_one_or_three_channels(h, w, c, dtype, seed):
     top = {np.uint8: 255, np.uint16: 65535, np.float32: 1.0, np.float64: 50.0}[dtype]
     raw = (np.random.default_rng(seed).random((h, w, c)) * top).astype(dtype)
-    out = sd._image_to_unit(raw[..., 0] if c == 1 else raw, "i.png")
+    out = sd.image_to_unit(raw[..., 0] if c == 1 else raw, "i.png")
     assert out.dtype == np.float32 and out.shape == (h, w, {1: 1, 2: 1, 3: 3, 4: 3}[c])  # alpha dropped
     assert 0.0 <= out.min() and out.max() <= 1.0
     if dtype in (np.uint8, np.float32):  # 8-bit divided by 255; floats already in [0, 1] kept

@@ -92,10 +92,10 @@ class DropoutInversion(SegmentationInversion):
     def _batchable(self) -> bool:
         return self._state is None  # the masks hook into the model's forward, one restart at a time
 
-    def _restarts(self, loss, prior, gens, extras) -> list[RestartResult]:
+    def run_restarts(self, loss, prior, gens, extras) -> list[RestartResult]:
         state = self._state
         if state is None:
-            return super()._restarts(loss, prior, gens, extras)
+            return super().run_restarts(loss, prior, gens, extras)
         state.start(gens[0])
 
         def loss_with_masks(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -107,7 +107,7 @@ class DropoutInversion(SegmentationInversion):
                 state.active = False
             return value + self.mask_reg * state.penalty() if state.logits else value
 
-        return super()._restarts(loss_with_masks, prior, gens, extras)
+        return super().run_restarts(loss_with_masks, prior, gens, extras)
 
 
 class _MaskState:

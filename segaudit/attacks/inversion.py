@@ -31,6 +31,7 @@ from .curvature import relu_curvature
 from .objectives import GradientMatcher, simulate_update
 from .persample import GroupedMatcher, unsupported
 from .priors import BatchNormPrior
+from .recovery import recover_labels_or_composition
 from .statistics import invert_statistics
 
 
@@ -192,7 +193,7 @@ class InversionAttack(Attack):
         try:
             for first in range(0, self.restarts, size):
                 seeds = range(self.seed + first, self.seed + min(first + size, self.restarts))
-                results += self._restarts(loss, prior, [torch.Generator().manual_seed(s) for s in seeds], extras)
+                results += self.run_restarts(loss, prior, [torch.Generator().manual_seed(s) for s in seeds], extras)
         finally:
             loss.close()
         return self._combine(results, prior.task, extras)
@@ -213,8 +214,8 @@ class InversionAttack(Attack):
         """Closed-form facts recovered before optimising (labels, class composition); none by default."""
         return {}
 
-    def _restarts(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], prior: Prior,
-                  gens: list[torch.Generator], extras: dict) -> list[RestartResult]:
+    def run_restarts(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], prior: Prior,
+                     gens: list[torch.Generator], extras: dict) -> list[RestartResult]:
         """Optimise one restart per generator together; ``loss(images [R,N,...], targets [R,N,...]) -> [R]``."""
         raise NotImplementedError
 
@@ -250,7 +251,7 @@ class DLG(InversionAttack):
     def _batchable(self) -> bool:
         return False  # L-BFGS's line search and history would couple restarts optimised together
 
-    def _restarts(self, loss, prior, gens, extras) -> list[RestartResult]:
+    def run_restarts(self, loss, prior, gens, extras) -> list[RestartResult]:
         x = torch.stack([torch.randn((prior.batch_size, *prior.image_shape), generator=g) for g in gens])
         logits = torch.stack([torch.randn(_target_shape(prior), generator=g) for g in gens])
         x.requires_grad_()
@@ -290,7 +291,6 @@ class InvertingGradients(InversionAttack):
     tv: float = 1e-4
 
     def _analytic(self, model, update, prior) -> dict:
-        from .recovery import recover_labels_or_composition
 
         return recover_labels_or_composition(model, update, prior)
 
@@ -303,7 +303,7 @@ class InvertingGradients(InversionAttack):
         noise = 0.1 * torch.randn(_target_shape(prior), generator=gen)
         return comp.log().view(1, -1, *([1] * (len(prior.image_shape) - 1))) + noise
 
-    def _restarts(self, loss, prior, gens, extras) -> list[RestartResult]:
+    def run_restarts(self, loss, prior, gens, extras) -> list[RestartResult]:
         lo, hi = box_bounds(prior)
         x = torch.stack([torch.randn((prior.batch_size, *prior.image_shape), generator=g).clamp(lo, hi) for g in gens])
         logits = torch.stack([self._init_targets(prior, g, extras) for g in gens])
@@ -392,7 +392,7 @@ class SegmentationInversion(InvertingGradients):
         """Extra leaf tensors optimised jointly with the image and mask (e.g. dropout masks); none here."""
         return []
 
-    def _restarts(self, loss, prior, gens, extras) -> list[RestartResult]:
+    def run_restarts(self, loss, prior, gens, extras) -> list[RestartResult]:
         n, (c, h, w) = prior.batch_size, prior.image_shape
         lo, hi = box_bounds(prior)
         fixed = self._images_from_statistics(loss, prior, gens, extras)

@@ -23,8 +23,6 @@ from .readers import image_to_unit, mask_to_labels
 
 # Old names kept importable for their users outside this package (to be renamed there, then dropped):
 check_input_size = check_size_multiple  # segaudit/audit.py
-_image_to_unit = image_to_unit  # tests/test_properties.py
-_mask_to_labels = mask_to_labels  # tests/test_properties.py
 
-__all__ = ["BUNDLED", "FITS", "Dataset", "check_input_size", "check_size_multiple", "data_root", "load_dataset",
-           "load_pair", "make_batch", "patches", "split"]
+__all__ = ["BUNDLED", "FITS", "Dataset", "check_input_size", "check_size_multiple", "data_root", "image_to_unit",
+           "load_dataset", "load_pair", "make_batch", "mask_to_labels", "patches", "split"]

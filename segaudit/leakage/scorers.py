@@ -71,7 +71,7 @@ def attack_with_layers(model: nn.Module, update: ClientUpdate, prior: Prior, lay
     else:
         extras = {"composition": torch.full((prior.num_classes,), 1.0 / prior.num_classes)}
     loss = MatchingLoss(net, update, matcher, relu_curvature=curvature)
-    [result] = attacker._restarts(loss, prior, [torch.Generator().manual_seed(seed)], extras)
+    [result] = attacker.run_restarts(loss, prior, [torch.Generator().manual_seed(seed)], extras)
     return best_restart([result], prior.task, extras)
 
 

@@ -30,10 +30,8 @@ Example:
 """
 from __future__ import annotations
 
-from .activations import relu_calls as _relu_calls  # noqa: F401  (old private name, used by tests)
 from .build import ACTIVATIONS, build_from_spec, build_model
 from .catalog import CLASSIFICATION_ARCHS, SEGMENTATION_ARCHS, available_archs
-from .catalog import import_smp as _smp  # noqa: F401  (old private name, used by tests and bench)
 from .checkpoints import CHECKPOINT_SUFFIXES, SMP_CONFIG_FILE, SPEC_FILE, WEIGHTS_FILE, load_model, save_model
 from .classifiers import LeNet
 from .groups import GroupKind, LayerGroup, layer_groups
