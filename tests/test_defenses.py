@@ -7,7 +7,7 @@ import torch
 from segaudit import SegauditError
 from segaudit.attacks import ATTACKS
 from segaudit.attacks.adaptive import adapt_to_defense, noise_std
-from segaudit.attacks.dropout import _forward_order, _MaskState
+from segaudit.attacks.dropout import MaskState, forward_order
 from segaudit.attacks.objectives import GradientMatcher, simulate_update
 from segaudit.data import load_dataset, make_batch
 from segaudit.defenses import DEFENSES, Clip, GaussianNoise, Quantize, TopKPrune, mask_sites, parse_defense
@@ -100,7 +100,7 @@ def test_dropout_update_differs_and_the_exact_masks_reproduce_it(case):
     assert not torch.allclose(update.tensors["segmentation_head.0.weight"], plain.tensors["segmentation_head.0.weight"])
     # the attacker who knows the seed regenerates the masks and reproduces the update from the true batch
     prior = Prior.from_batch_shape(batch)
-    state = _MaskState(0.5, _forward_order(model, spec["sites"], update, prior), seed=spec["seed"])
+    state = MaskState(0.5, forward_order(model, spec["sites"], update, prior), seed=spec["seed"])
     state.active = True
     params = {n: p.detach() for n, p in model.named_parameters() if n in update.tensors}
     buffers = {n: b.detach() for n, b in model.named_buffers()}
@@ -114,9 +114,9 @@ def test_dropout_masks_per_fedavg_step_are_reproduced(case):
     update = parse_defense("dropout:0.3").client_update(model, batch, seed=5, mode="fedavg", local_steps=3,
                                                         lr=0.1, local_batch_size=1, train_mode=False)
     prior = Prior.from_batch_shape(batch)
-    order = _forward_order(model, ["decoder"], update, prior)
+    order = forward_order(model, ["decoder"], update, prior)
     assert [(s, c, tuple(shape)[0]) for s, c, shape in order] == [("decoder", i, 1) for i in range(3)]
-    state = _MaskState(0.3, order, seed=5)
+    state = MaskState(0.3, order, seed=5)
     state.active = True
     params = {n: p.detach() for n, p in model.named_parameters() if n in update.tensors}
     with mask_sites(model, ["decoder"], state.mask):

@@ -60,7 +60,7 @@ class DropoutInversion(SegmentationInversion):
             raise SegauditError(f"dropout attack: p must be in [0, 1), got {self.p}")
         if self.where not in (None, "head", "decoder"):
             raise SegauditError(f"dropout attack: where must be 'head' or 'decoder', got {self.where!r}")
-        self._state: _MaskState | None = None
+        self._state: MaskState | None = None
 
     def _run(self, model: nn.Module, update: ClientUpdate, prior: Prior) -> Reconstruction:
         spec = update.meta.defense if update.meta.defense.get("name") == "dropout" else {}
@@ -70,11 +70,11 @@ class DropoutInversion(SegmentationInversion):
         where = self.where or spec.get("where", "head")
         sites = (list(spec.get("sites") or dropout_sites(model, where)) if self.where is None
                  else dropout_sites(model, where))
-        order = _forward_order(model, sites, update, prior)
+        order = forward_order(model, sites, update, prior)
         if self.known_masks and "seed" not in spec:
             raise SegauditError("known_masks needs the client's dropout seed in update.meta.defense; "
                                 "use known_masks=False to optimise the masks")
-        state = _MaskState(float(p), order, spec["seed"] if self.known_masks else None)
+        state = MaskState(float(p), order, spec["seed"] if self.known_masks else None)
         self._state = state
         try:
             with mask_sites(model, sites, state.mask) as calls:
@@ -110,7 +110,7 @@ class DropoutInversion(SegmentationInversion):
         return super().run_restarts(loss_with_masks, prior, gens, extras)
 
 
-class _MaskState:
+class MaskState:
     """The attacker's dropout masks, one per (site, forward call), exact or as optimised logits."""
 
     def __init__(self, p: float, order: list[tuple[str, int, torch.Size]], seed: int | None):
@@ -155,7 +155,7 @@ class _MaskState:
 
 
 @torch.no_grad()
-def _forward_order(model: nn.Module, sites: list[str], update: ClientUpdate, prior: Prior
+def forward_order(model: nn.Module, sites: list[str], update: ClientUpdate, prior: Prior
                    ) -> list[tuple[str, int, torch.Size]]:
     """``(site, call, feature shape)`` in the order the client's hooks fire, from a dry run in eval mode
     (eval keeps the attacker's BatchNorm buffers untouched; the shapes are the same)."""
