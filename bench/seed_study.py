@@ -27,7 +27,7 @@ from segaudit.fl import client_update
 from segaudit.io import write_json
 from segaudit.metrics import denormalize
 from segaudit.models import build_model
-from segaudit.report.plots import _pyplot
+from segaudit.report.plots import pyplot
 from segaudit.types import Batch, Prior
 
 SIZES = {"lenet": 32, "resnet18": 224, "densenet121": 224, "inception_v3": 299}
@@ -93,7 +93,7 @@ def main() -> None:
               f"{sum(m < 1e-3 for m in r['final_mse_per_restart'])}/{r['restarts']} | {r['seconds']:.0f} |")
     out = Path(args.out)
     write_json(out / "seed_study.json", rows)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for r in rows:
         ax.semilogy(range(1, len(r["mse"]) + 1), r["mse"], label=r["arch"])

@@ -10,6 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from .errors import SegauditError
+from .models import is_segmentation, model_spec
 
 
 def model_source(path: str | Path) -> str:
@@ -37,8 +38,6 @@ def check_model_fits_data(model: nn.Module, data, where: str) -> None:
         data: a :class:`segaudit.data.Dataset`.
         where: what sets the model's numbers, named in the message (see :func:`model_source`).
     """
-    from .models import is_segmentation, model_spec
-
     spec = model_spec(model)
     if spec["in_channels"] != data.channels:
         example = f" (e.g. {data.files[0][0]})" if data.files else ""

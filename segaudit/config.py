@@ -26,12 +26,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .attacks import ATTACKS
+from .attacks.base import HONEST_SERVER as HONEST_SERVER  # the attackers (``Attack.threat``), re-exported
+from .attacks.base import MALICIOUS_SERVER as MALICIOUS_SERVER
+from .attacks.inference import INFERENCE
+from .defenses import parse_defense
 from .errors import SegauditError
+from .preprocessing import Preprocessing
 
 CLIENT_MODE = "train"
-#: The attackers (``Attack.threat``): the protocol's honest-but-curious server, and the opt-in worst case of a
-#: server that alters the model it sends (the verdict reads only the first; the report shows the second apart).
-HONEST_SERVER, MALICIOUS_SERVER = "honest-but-curious server", "malicious server"
 """The default mode of every simulated client (every command, the config and the Python API). Real clients
 train in train mode, BatchNorm normalising by the batch's own statistics; eval mode (running statistics) is
 the easier case for the attacker and is opt-in (``--client-mode eval``, ``client_mode: eval``)."""
@@ -118,10 +121,6 @@ class AuditConfig:
     layer_attack_steps: int = 30
 
     def __post_init__(self):
-        from .attacks import ATTACKS
-        from .attacks.inference import INFERENCE
-        from .defenses import parse_defense
-
         if not self.models:
             raise SegauditError("the config lists no models; add one under 'models'")
         names = [m.name for m in self.models]
@@ -221,8 +220,6 @@ class AuditConfig:
 
 def _check_preprocessing(m: ModelConfig) -> None:
     """A well-formed ``preprocessing`` (its channel count is checked against the model's when it is loaded)."""
-    from .preprocessing import Preprocessing
-
     raw = m.preprocessing
     channels = len(raw["mean"]) if isinstance(raw, dict) and isinstance(raw.get("mean"), list) else 1
     Preprocessing.from_dict(raw, channels, f"model {m.name!r}: 'preprocessing'")

@@ -9,8 +9,8 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from ..config import MALICIOUS_SERVER
-from ..errors import NotApplicable
+from .config import MALICIOUS_SERVER
+from .errors import NotApplicable
 
 NOT_APPLICABLE = NotApplicable.STATUS
 #: Gains over the attacker's baseline (:func:`segaudit.metrics.score`), read on a cell's mean over its images (3
@@ -126,15 +126,35 @@ def risk(results: dict) -> dict:
     Returns:
         ``{"level", "rule", "worst", "reasons", "missing", "statement", "not_tried"}``.
     """
+    subject, defended, undefended = _verdict_subject(results)
+    found, missing, worst = _gain_findings(subject)
+    identified, identified_worst = _identification_findings(results, undefended)
+    inferred, inference_missing, inference_worst = _inference_findings(results, undefended)
+    found += identified + inferred
+    missing += inference_missing
+    worst |= identified_worst | inference_worst
+    level = _level(found, bool(worst), undefended, defended, results)
+    return {"level": level, "rule": RULE, "worst": worst, "reasons": [t for lvl, t in found if lvl == level],
+            "missing": missing, "statement": _statement(level), "not_tried": not_tried(results)}
+
+
+def _verdict_subject(results: dict) -> tuple[list[dict], list[dict], bool]:
+    """``(subject, defended, undefended)``: the entries the verdict reads, the defended attacked updates, and whether
+    undefended updates were measured (they decide; only when none was do the defended ones, a DP deployment)."""
     runs = [r for r in honest_runs(results) if _undefended(r)]
     cells = [c for c in honest_cells(results) if _undefended(c)]
     trade = [{**t, "psnr_gain": t.get("attack_psnr_gain"), "mask_dice_gain": t.get("attack_mask_dice_gain"),
               "attack": t.get("attack") or "trade-off attack"} for t in _list(results, "tradeoff")]
     source = (cells or runs) + [t for t in trade if _undefended(t)]
     defended = [r for r in honest_runs(results) if not _undefended(r)] + [t for t in trade if not _undefended(t)]
-    # the undefended updates decide; only when none was measured do the defended ones (a DP deployment)
     undefended = bool(source) or any(_undefended(r) for r in _list(results, "inference"))
     subject = source if undefended else defended
+    return subject, defended, undefended
+
+
+def _gain_findings(subject: list[dict]) -> tuple[list[tuple[str, str]], list[str], dict[str, Any]]:
+    """``(found, missing, worst)`` of the gains over the attacker's baseline: ``(level, reason)`` pairs at or above
+    the medium bars, the gains not measured, and the largest of each with the setting of the first one found."""
     found: list[tuple[str, str]] = []
     missing: list[str] = []
     worst: dict[str, Any] = {}
@@ -156,6 +176,13 @@ def risk(results: dict) -> dict:
             where = f"{entry.get('attack', '?')} on {entry.get('model', '?')}, batch {entry.get('batch_size', '?')}"
             found.append(("high" if value >= high else "medium",
                           f"{label} {value:+.3g}{unit} over the attacker's baseline ({where})"))
+    return found, missing, worst
+
+
+def _identification_findings(results: dict, undefended: bool) -> tuple[list[tuple[str, str]], dict[str, float]]:
+    """``(found, worst)`` of re-identification: cells whose Wilson interval lies above chance, and the best rates."""
+    found: list[tuple[str, str]] = []
+    worst: dict[str, float] = {}
     for key, label in (("identification", "images"), ("mask_identification", "masks")):
         for cell in (c for c in honest_cells(results) if _undefended(c) == undefended):
             rate, ci, chance = _rate(cell.get(key))
@@ -167,33 +194,42 @@ def risk(results: dict) -> dict:
                               f"{rate:.0%} of the {label} re-identified (interval {ci[0]:.2f}–{ci[1]:.2f}, chance "
                               f"{chance:.1%}; {cell.get('attack', '?')} on {cell.get('model', '?')}, batch "
                               f"{cell.get('batch_size', '?')})"))
+    return found, worst
+
+
+def _inference_findings(results: dict, undefended: bool) -> tuple[list[tuple[str, str]], list[str], dict[str, Any]]:
+    """``(found, missing, worst)`` of the inference attacks: AUCs at or above the medium bar with their interval
+    above 0.5, "inference AUC" when none was measured, and the best AUC with its attack."""
+    found: list[tuple[str, str]] = []
+    worst: dict[str, Any] = {}
     inference = [r for r in _list(results, "inference") if _undefended(r) == undefended]
     aucs = [(v, r) for r in inference if (v := num(r.get("auc"))) is not None]
-    if aucs:
-        value, row = max(aucs, key=lambda p: p[0])
-        worst["inference_auc"], worst["inference_attack"] = value, row.get("attack")
-        for v, r in aucs:
-            ci = r.get("auc_ci")
-            above = not (isinstance(ci, (list, tuple)) and len(ci) == 2
-                         and num(ci[0]) is not None and num(ci[0]) <= 0.5)
-            if v >= AUC[1] and above:
-                found.append(("high" if v >= AUC[0] else "medium",
-                              f"inference AUC {v:.2f} ({r.get('attack', '?')} {r.get('property') or ''} on "
-                              f"{r.get('model', '?')}, batch {r.get('batch_size', '?')})".replace("  ", " ")))
-    else:
-        missing.append("inference AUC")
-    measured = bool(worst)
+    if not aucs:
+        return found, ["inference AUC"], worst
+    value, row = max(aucs, key=lambda p: p[0])
+    worst["inference_auc"], worst["inference_attack"] = value, row.get("attack")
+    for v, r in aucs:
+        ci = r.get("auc_ci")
+        above = not (isinstance(ci, (list, tuple)) and len(ci) == 2
+                     and num(ci[0]) is not None and num(ci[0]) <= 0.5)
+        if v >= AUC[1] and above:
+            found.append(("high" if v >= AUC[0] else "medium",
+                          f"inference AUC {v:.2f} ({r.get('attack', '?')} {r.get('property') or ''} on "
+                          f"{r.get('model', '?')}, batch {r.get('batch_size', '?')})".replace("  ", " ")))
+    return found, [], worst
+
+
+def _level(found: list[tuple[str, str]], measured: bool, undefended: bool, defended: list[dict],
+           results: dict) -> str:
+    """The level of :func:`risk` from its findings (see its docstring)."""
     levels = {lvl for lvl, _ in found}
     if "high" in levels or "medium" in levels:
-        level = "high" if "high" in levels else "medium"
-    elif not measured:
-        level = "unknown"
-    elif not undefended and defended and all(_guaranteed(e, results) for e in defended):
-        level = "low"
-    else:
-        level = "not shown"
-    return {"level": level, "rule": RULE, "worst": worst, "reasons": [t for lvl, t in found if lvl == level],
-            "missing": missing, "statement": _statement(level), "not_tried": not_tried(results)}
+        return "high" if "high" in levels else "medium"
+    if not measured:
+        return "unknown"
+    if not undefended and defended and all(_guaranteed(e, results) for e in defended):
+        return "low"
+    return "not shown"
 
 
 def _rate(value: Any) -> tuple[float | None, tuple[float, float], float]:
@@ -263,50 +299,76 @@ def _dp(row: dict) -> dict:
 
 def recommendations(results: dict) -> list[str]:
     """Advice drawn from the measured numbers (each item quotes them); empty sections add nothing."""
-    out: list[str] = []
     level = risk(results)
-    worst = level["worst"]
-    if level["level"] in ("high", "medium"):
-        out.append(f"Do not let clients share undefended updates of {worst.get('model', 'the model')} "
-                   f"({level['level']} risk): {'; '.join(level['reasons'])}.")
+    out = _risk_advice(level)
     for model, rows in _tradeoff(results).items():
-        base = next((r for r in rows if _undefended(r)), None)
-        base_dice = num(base.get("utility_dice")) if base else None
-        base_gain = num(base.get("attack_psnr_gain")) if base else None
-        defended = [r for r in rows if not _undefended(r) and num(r.get("attack_psnr_gain")) is not None]
-        safe = [r for r in defended if stops_attack(r) and num(r.get("utility_dice")) is not None]
-        if safe:
-            best = max(safe, key=lambda r: num(r["utility_dice"]))
-            loss = (f"{base_dice - num(best['utility_dice']):.3f}" if base_dice is not None
-                    else "unknown (no undefended row)")
-            tested = "the only defense tested" if len(defended) == 1 else f"of the {len(defended)} defenses tested"
-            out.append(f"{model}: {tested}, {best.get('defense')} left the attack no better than the attacker's "
-                       f"baseline (PSNR gain {_fmt(num(best['attack_psnr_gain']), '+.1f')} dB, from "
-                       f"{_fmt(base_gain, '+.1f')} dB undefended) with the smallest utility loss: held-out Dice "
-                       f"{_fmt(num(best['utility_dice']), '.3f')} vs {_fmt(base_dice, '.3f')} (loss {loss}).")
-        elif defended:
-            best = min(defended, key=lambda r: num(r["attack_psnr_gain"]))
-            tested = (f"the only defense tested, {best.get('defense')}, did not stop the attack beating its baseline: "
-                      "it left " if len(defended) == 1 else
-                      f"none of the {len(defended)} defenses tested stopped the attack beating its baseline; "
-                      f"the best, {best.get('defense')}, left ")
-            out.append(f"{model}: {tested}a PSNR gain of {_fmt(num(best['attack_psnr_gain']), '+.1f')} dB "
-                       f"(utility Dice {_fmt(num(best.get('utility_dice')), '.3f')}). "
-                       "Test stronger settings (more noise, a smaller DP epsilon) before deployment.")
-        for row in rows:
-            dp = _dp(row)
-            eps = num(dp.get("epsilon")) if dp else num(row.get("epsilon"))
-            if eps is None:
-                continue
-            changes = dp.get("model_changes") or []
-            out.append(f"{model}: DP-SGD ({row.get('defense')}) achieved ε = {eps:.3g} "
-                       f"at δ = {_fmt(num(dp.get('delta')), 'g')} "
-                       f"(σ {_fmt(num(dp.get('noise_multiplier')))}, C {_fmt(num(dp.get('max_grad_norm')), 'g')}, "
-                       f"q {_fmt(num(dp.get('sample_rate')))}, {dp.get('steps', '?')} steps, "
-                       f"{dp.get('accountant', '?')} accountant); "
-                       f"utility Dice {_fmt(num(row.get('utility_dice')), '.3f')}, attack PSNR "
-                       f"{_fmt(num(row.get('attack_psnr')), '.1f')} dB"
-                       + (f"; the model was changed for it ({', '.join(map(str, changes))})." if changes else "."))
+        out += _defense_advice(model, rows)
+        out += [line for row in rows if (line := _dp_advice(model, row))]
+    out += _layer_advice(results)
+    out += _batch_effect(results)
+    out += _inference_advice(results)
+    out += _run_status_advice(results)
+    out += _level_advice(level)
+    return out
+
+
+def _risk_advice(level: dict) -> list[str]:
+    """Keep undefended updates private when the risk is high or medium."""
+    if level["level"] not in ("high", "medium"):
+        return []
+    return [f"Do not let clients share undefended updates of {level['worst'].get('model', 'the model')} "
+            f"({level['level']} risk): {'; '.join(level['reasons'])}."]
+
+
+def _defense_advice(model: str, rows: list[dict]) -> list[str]:
+    """The defense of ``model``'s trade-off rows that stopped the attack at the least utility loss, or the best one
+    that did not stop it."""
+    base = next((r for r in rows if _undefended(r)), None)
+    base_dice = num(base.get("utility_dice")) if base else None
+    base_gain = num(base.get("attack_psnr_gain")) if base else None
+    defended = [r for r in rows if not _undefended(r) and num(r.get("attack_psnr_gain")) is not None]
+    safe = [r for r in defended if stops_attack(r) and num(r.get("utility_dice")) is not None]
+    if safe:
+        best = max(safe, key=lambda r: num(r["utility_dice"]))
+        loss = (f"{base_dice - num(best['utility_dice']):.3f}" if base_dice is not None
+                else "unknown (no undefended row)")
+        tested = "the only defense tested" if len(defended) == 1 else f"of the {len(defended)} defenses tested"
+        return [f"{model}: {tested}, {best.get('defense')} left the attack no better than the attacker's "
+                f"baseline (PSNR gain {_fmt(num(best['attack_psnr_gain']), '+.1f')} dB, from "
+                f"{_fmt(base_gain, '+.1f')} dB undefended) with the smallest utility loss: held-out Dice "
+                f"{_fmt(num(best['utility_dice']), '.3f')} vs {_fmt(base_dice, '.3f')} (loss {loss})."]
+    if defended:
+        best = min(defended, key=lambda r: num(r["attack_psnr_gain"]))
+        tested = (f"the only defense tested, {best.get('defense')}, did not stop the attack beating its baseline: "
+                  "it left " if len(defended) == 1 else
+                  f"none of the {len(defended)} defenses tested stopped the attack beating its baseline; "
+                  f"the best, {best.get('defense')}, left ")
+        return [f"{model}: {tested}a PSNR gain of {_fmt(num(best['attack_psnr_gain']), '+.1f')} dB "
+                f"(utility Dice {_fmt(num(best.get('utility_dice')), '.3f')}). "
+                "Test stronger settings (more noise, a smaller DP epsilon) before deployment."]
+    return []
+
+
+def _dp_advice(model: str, row: dict) -> str | None:
+    """The DP-SGD parameters and outcome of a trade-off row with an epsilon (None without one)."""
+    dp = _dp(row)
+    eps = num(dp.get("epsilon")) if dp else num(row.get("epsilon"))
+    if eps is None:
+        return None
+    changes = dp.get("model_changes") or []
+    return (f"{model}: DP-SGD ({row.get('defense')}) achieved ε = {eps:.3g} "
+            f"at δ = {_fmt(num(dp.get('delta')), 'g')} "
+            f"(σ {_fmt(num(dp.get('noise_multiplier')))}, C {_fmt(num(dp.get('max_grad_norm')), 'g')}, "
+            f"q {_fmt(num(dp.get('sample_rate')))}, {dp.get('steps', '?')} steps, "
+            f"{dp.get('accountant', '?')} accountant); "
+            f"utility Dice {_fmt(num(row.get('utility_dice')), '.3f')}, attack PSNR "
+            f"{_fmt(num(row.get('attack_psnr')), '.1f')} dB"
+            + (f"; the model was changed for it ({', '.join(map(str, changes))})." if changes else "."))
+
+
+def _layer_advice(results: dict) -> list[str]:
+    """Per model, the layer groups that leak most: share them only through secure aggregation, or freeze them."""
+    out = []
     layers = results.get("layers") if isinstance(results.get("layers"), dict) else {}
     for model, report in layers.items():
         groups = [g for g in (report.get("groups") or []) if isinstance(g, dict) and num(g.get("score")) is not None] \
@@ -324,7 +386,12 @@ def recommendations(results: dict) -> list[str]:
                    f"{'it' if one else 'them'} during federated fine-tuning"
                    + (f" (least exposed: {groups[-1].get('name')}, score {num(groups[-1]['score']):.2f})."
                       if len(groups) > 1 else "."))
-    out += _batch_effect(results)
+    return out
+
+
+def _inference_advice(results: dict) -> list[str]:
+    """What each inference attack reached; aggregate updates before the server sees them when it is strong."""
+    out = []
     for row in _list(results, "inference"):
         auc, mae = num(row.get("auc")), num(row.get("composition_mae"))
         if auc is None and mae is None:
@@ -341,6 +408,12 @@ def recommendations(results: dict) -> list[str]:
                    f"reached {', '.join(parts)}"
                    + ("; what a batch contains leaks even without image reconstruction — aggregate updates "
                       "over several clients (secure aggregation) before the server sees them." if strong else "."))
+    return out
+
+
+def _run_status_advice(results: dict) -> list[str]:
+    """Runs that did not finish (rerun them) and runs that are not applicable (nothing missing)."""
+    out = []
     failed = failed_runs(results)
     if failed:
         reasons = sorted({str(r.get("error") or r.get("status")) for r in failed})
@@ -352,13 +425,18 @@ def recommendations(results: dict) -> list[str]:
         out.append(f"{len(skipped)} of {len(_list(results, 'runs'))} runs are not applicable: "
                    f"{'; '.join(reasons[:3])}. "
                    "No client can share such an update, so nothing is missing from the verdict.")
-    if level["level"] == "unknown":
-        out.append(f"Nothing was measured against a baseline ({', '.join(level['missing'])}), so no risk level is "
-                   "given: run the audit with the 'none' defense.")
-    if level["level"] == "not shown":
-        out.append("The attacks tried did not beat their baselines; before concluding anything, try what was not "
-                   f"tried here ({'; '.join(level['not_tried'])}), or train with DP-SGD for a guarantee.")
     return out
+
+
+def _level_advice(level: dict) -> list[str]:
+    """What to do next when the level is unknown or not shown."""
+    if level["level"] == "unknown":
+        return [f"Nothing was measured against a baseline ({', '.join(level['missing'])}), so no risk level is "
+                "given: run the audit with the 'none' defense."]
+    if level["level"] == "not shown":
+        return ["The attacks tried did not beat their baselines; before concluding anything, try what was not "
+                f"tried here ({'; '.join(level['not_tried'])}), or train with DP-SGD for a guarantee."]
+    return []
 
 
 def stops_attack(row: dict) -> bool:

@@ -151,12 +151,21 @@ def score(reconstruction: Reconstruction, batch: Batch, *, prior_image: torch.Te
     true = _unit(batch.images, batch)
     rec = _unit(reconstruction.images, batch)
     perm = match_order(torch.from_numpy(rec), torch.from_numpy(true))
-    rows = [image_scores(rec[j], true[i]) for i, j in enumerate(perm)]
-    for key in ("mse", "psnr", "ssim"):
-        out[key] = float(np.mean([r[key] for r in rows]))
+    out.update(_image_fields([image_scores(rec[j], true[i]) for i, j in enumerate(perm)], true, prior_unit))
+    if batch.task == "segmentation":
+        out.update(_mask_fields(reconstruction, batch, perm, public))
+    if batch.task == "classification" and reconstruction.labels is not None:
+        # Labels are scored as a multiset: recovered labels need not follow the image order.
+        common = Counter(reconstruction.labels.tolist()) & Counter(batch.masks.tolist())
+        out["label_acc"] = sum(common.values()) / len(batch)
+    return out
 
-    flats = [constant_image(t) for t in true]
-    flat_rows = [image_scores(f, t) for f, t in zip(flats, true)]
+
+def _image_fields(rows: list[dict[str, float]], true: np.ndarray,
+                  prior_unit: np.ndarray | None) -> dict[str, float | None]:
+    """:func:`score`'s image fields from each matched image's scores ``rows`` and the true images in [0, 1]."""
+    out: dict[str, float | None] = {key: float(np.mean([r[key] for r in rows])) for key in ("mse", "psnr", "ssim")}
+    flat_rows = [image_scores(constant_image(t), t) for t in true]
     prior_rows = [image_scores(prior_unit, t) for t in true] if prior_unit is not None else None
     base = {key: [max(r[key] for r in ([fr] if prior_rows is None else [fr, prior_rows[i]]))
                   for i, fr in enumerate(flat_rows)] for key in ("psnr", "ssim")}
@@ -167,27 +176,27 @@ def score(reconstruction: Reconstruction, batch: Batch, *, prior_image: torch.Te
     prior_ssim = [r["ssim"] for r in (prior_rows if prior_rows is not None else flat_rows)]
     rdlv = [(r["ssim"] - p) / p for r, p in zip(rows, prior_ssim) if p > 0]
     out["rdlv"] = float(np.mean(rdlv)) if rdlv else None
+    return out
 
-    if batch.task == "segmentation":
-        k = batch.num_classes
-        comp = _composition(reconstruction.extras.get("composition"), k) if public is not None else None
-        comp_map = composition_mask(public, comp, k) if comp is not None else None
-        mask_base = []
-        for target in batch.masks:
-            best = best_constant_class(target, k)[1]
-            if comp_map is not None:
-                best = max(best, segmentation_scores(comp_map, target, k)["dice"])
-            mask_base.append(best)
-        out["baseline_mask_dice"] = float(np.mean(mask_base))
-        if reconstruction.masks is not None:
-            per = [segmentation_scores(reconstruction.masks[j], batch.masks[i], k) for i, j in enumerate(perm)]
-            out["mask_dice"] = float(np.mean([p["dice"] for p in per]))
-            out["mask_iou"] = float(np.mean([p["iou"] for p in per]))
-            out["mask_dice_gain"] = _gain([p["dice"] for p in per], mask_base)
-    if batch.task == "classification" and reconstruction.labels is not None:
-        # Labels are scored as a multiset: recovered labels need not follow the image order.
-        common = Counter(reconstruction.labels.tolist()) & Counter(batch.masks.tolist())
-        out["label_acc"] = sum(common.values()) / len(batch)
+
+def _mask_fields(reconstruction: Reconstruction, batch: Batch, perm: np.ndarray,
+                 public: torch.Tensor | None) -> dict[str, float | None]:
+    """:func:`score`'s mask fields; ``perm[i]`` is the reconstruction matched to true image ``i``."""
+    k = batch.num_classes
+    comp = _composition(reconstruction.extras.get("composition"), k) if public is not None else None
+    comp_map = composition_mask(public, comp, k) if comp is not None else None
+    mask_base = []
+    for target in batch.masks:
+        best = best_constant_class(target, k)[1]
+        if comp_map is not None:
+            best = max(best, segmentation_scores(comp_map, target, k)["dice"])
+        mask_base.append(best)
+    out: dict[str, float | None] = {"baseline_mask_dice": float(np.mean(mask_base))}
+    if reconstruction.masks is not None:
+        per = [segmentation_scores(reconstruction.masks[j], batch.masks[i], k) for i, j in enumerate(perm)]
+        out["mask_dice"] = float(np.mean([p["dice"] for p in per]))
+        out["mask_iou"] = float(np.mean([p["iou"] for p in per]))
+        out["mask_dice_gain"] = _gain([p["dice"] for p in per], mask_base)
     return out
 
 
@@ -408,6 +417,29 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     lo = 0.0 if successes == 0 else max(0.0, centre - half)
     hi = 1.0 if successes == n else min(1.0, centre + half)
     return lo, hi
+
+
+MIN_INTERVAL_N = 3  # below this a mean is shown as it is: "n = 1, no interval"
+
+
+def mean_summary(values: Sequence[float | None]) -> dict | None:
+    """``{"mean", "ci", "n"}`` of the values that are not None or NaN: their mean and its normal-approximation 95 %
+    interval (``ci`` None below :data:`MIN_INTERVAL_N` values or with an infinite value, e.g. the PSNR of a perfect
+    reconstruction); None when no value is left. A cell's entry in ``results.json``."""
+    v = [x for x in values if x is not None and not math.isnan(x)]
+    if not v:
+        return None
+    mean = float(np.mean(v))
+    if len(v) < MIN_INTERVAL_N or not math.isfinite(mean):
+        return {"mean": mean, "ci": None, "n": len(v)}
+    half = 1.96 * float(np.std(v, ddof=1)) / math.sqrt(len(v))
+    return {"mean": mean, "ci": [mean - half, mean + half], "n": len(v)}
+
+
+def eval_crop_size(dataset) -> int:
+    """The side of the square crops a model is evaluated on: the data's smallest image side rounded down to a
+    multiple of 32, within [32, 256]."""
+    return max(32, min(256, dataset.min_size) // 32 * 32)
 
 
 def _rank(sims: Sequence[float]) -> int | float:

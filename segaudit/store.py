@@ -2,9 +2,11 @@
 
 Every finished run is one row, written in one transaction together with its key, so an interrupted audit
 leaves either the whole run or nothing; rerunning the same config skips the keys already stored (resume).
+The ``results.json`` dict is built from a store by :mod:`segaudit.results`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -29,8 +31,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 def run_key(kind: str, settings: dict[str, Any]) -> str:
     """A stable key of a run: its kind and settings (JSON with sorted keys), hashed."""
-    import hashlib
-
     text = json.dumps({"kind": kind, **settings}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -99,19 +99,3 @@ class ResultsStore:
 
         return _Tx()
 
-
-def load_results(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``results.json`` dict of an audit, rebuilt from its SQLite store (see :func:`segaudit.audit.collect`)."""
-    from .audit import collect
-
-    p = Path(path)
-    if not p.is_file():
-        raise SegauditError(f"results store {os.fspath(path)!r} does not exist")
-    store = ResultsStore(p)
-    try:
-        meta = store.meta()
-        if "config" not in meta:
-            raise SegauditError(f"{p} holds no audit (no config recorded); run 'segaudit audit' first")
-        return collect(store, meta)
-    finally:
-        store.close()

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,8 +38,9 @@ from .data import Dataset, make_batch, split
 from .defenses import DEFENSES, Defense, parse_defense
 from .errors import NotApplicable, SegauditError
 from .fl import trainable_params
-from .metrics import identification, pooled_identification, score
+from .metrics import eval_crop_size, identification, pooled_identification, score
 from .preprocessing import normalisation
+from .privacy import DPSpec, make_private_model, train_private
 from .progress import progress as _progress
 from .train import evaluate
 from .types import Prior
@@ -145,12 +147,8 @@ def train_defended(model: nn.Module, dataset: Dataset, defense: Defense, setting
                 if name in buffers:
                     buffers[name].copy_(value)
     seconds = time.perf_counter() - start
-    quality = evaluate(global_model, dataset, test_idx, _eval_size(dataset))
+    quality = evaluate(global_model, dataset, test_idx, eval_crop_size(dataset))
     return {"dice": quality["dice"], "iou": quality["iou"], "seconds": seconds, "epsilon": None}
-
-
-def _eval_size(dataset: Dataset) -> int:
-    return max(32, min(dataset.min_size // 32 * 32, 256))
 
 
 def train_dp(model: nn.Module, dataset: Dataset, defense: Defense, settings: TradeoffSettings,
@@ -164,14 +162,12 @@ def train_dp(model: nn.Module, dataset: Dataset, defense: Defense, settings: Tra
     Returns:
         ``{"dice", "iou", "seconds", "epsilon", "noise_multiplier", "max_grad_norm", "sample_rate", "steps"}``.
     """
-    from .privacy import DPSpec, train_private
-
     spec = DPSpec(noise_multiplier=defense.sigma, target_epsilon=None if defense.sigma is not None else defense.eps,
                   delta=min(defense.delta, settings.delta), max_grad_norm=defense.clip, accountant=defense.accountant)
     start = time.perf_counter()
     result = train_private(copy.deepcopy(model).train(), dataset, spec, size=settings.size,
                            steps=settings.train_steps, batch_size=settings.train_batch_size, lr=settings.lr,
-                           loss="ce", holdout=settings.holdout, seed=settings.seed, eval_size=_eval_size(dataset),
+                           loss="ce", holdout=settings.holdout, seed=settings.seed, eval_size=eval_crop_size(dataset),
                            progress=progress)
     return {"dice": result.dice, "iou": result.iou, "seconds": time.perf_counter() - start,
             "epsilon": result.epsilon, "noise_multiplier": result.noise_multiplier,
@@ -181,10 +177,6 @@ def train_dp(model: nn.Module, dataset: Dataset, defense: Defense, settings: Tra
 def dp_client(model: nn.Module, defense: Defense, utility: dict) -> tuple[nn.Module, Defense]:
     """The attacked DP client: the DP-compatible (GroupNorm) copy of ``model`` and the ``dp`` defense with the
     noise multiplier, sample rate and steps of the DP training, so one attacked update is one of its steps."""
-    import dataclasses
-
-    from .privacy import make_private_model
-
     private, _ = make_private_model(copy.deepcopy(model))
     step = dataclasses.replace(defense, eps=None, sigma=utility["noise_multiplier"], q=utility["sample_rate"],
                                rounds=utility["steps"], dataset=0)

@@ -12,7 +12,8 @@ from segaudit.config import AuditConfig, ModelConfig
 from segaudit.demo import demo_config
 from segaudit.errors import SegauditError
 from segaudit.report.findings import LEVELS
-from segaudit.store import ResultsStore, load_results
+from segaudit.results import load_results
+from segaudit.store import ResultsStore
 
 
 def tiny_config(**kw) -> AuditConfig:

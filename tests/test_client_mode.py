@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from segaudit import audit
+from segaudit import audit, cells
 from segaudit.attacks.runner import attack_batch
 from segaudit.cli import build_parser, main
 from segaudit.config import CLIENT_MODE, AuditConfig, ModelConfig
@@ -63,7 +63,7 @@ def test_not_applicable_cells_are_recorded_not_failed_and_not_retried(mixed, mon
     assert "cannot train this model on a batch of 1" in runs[0]["error"]
     assert result.cells["failed"] == 0 and not result.nothing_worked
     assert [c["batch_size"] for c in result.results["cells"]] == [2]
-    monkeypatch.setitem(audit._WORK, "attack", lambda *a: pytest.fail("a not applicable cell ran again"))
+    monkeypatch.setitem(cells.WORK, "attack", lambda *a: pytest.fail("a not applicable cell ran again"))
     assert audit.run(config, out, progress=False).results["runs"] == runs
 
 

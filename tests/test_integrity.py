@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from segaudit import audit
+from segaudit import audit, cells
 from segaudit.cli import main
 from segaudit.config import AuditConfig, ModelConfig
 from segaudit.data import load_dataset
@@ -322,7 +322,7 @@ def test_an_audit_that_fails_after_creating_its_store_removes_what_it_created(tm
     def broken(cell, job, tmp, model_files):
         raise SegauditError("the model cannot be evaluated")
 
-    monkeypatch.setitem(audit._WORK, "train", broken)
+    monkeypatch.setitem(cells.WORK, "train", broken)
     out = tmp_path / "out"
     if empty:
         out.mkdir()
@@ -628,7 +628,7 @@ def test_an_audit_whose_every_cell_failed_exits_2(tmp_path, capsys, model2, data
     def broken(*_):
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(audit._WORK, "attack", broken)
+    monkeypatch.setitem(cells.WORK, "attack", broken)
     out = tmp_path / "a"
     capsys.readouterr()
     assert cli("audit", "--model", model2, "--data", data2, *TINY_AUDIT, "--out", out) == 2

@@ -2,7 +2,8 @@
 
 Every string from the results (model, class, file and defense names) is untrusted: the template is
 rendered with autoescape and the page carries a Content-Security-Policy that allows no scripts and no
-network loads. Artefact images are read only when they are PNG files inside ``base_dir``.
+network loads. Artefact images are read only when they are PNG files inside ``base_dir``. JSON in, HTML out:
+reading results is :mod:`segaudit.results` (``read_results`` is re-exported here).
 
 Example:
     >>> from segaudit.report.html import read_results, write_html
@@ -20,49 +21,20 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from .. import findings
 from ..errors import SegauditError
+from ..findings import num
 from ..io import write_text
-from . import findings
-from .findings import num
+from ..results import read_results
+from .plots import layer_scores_chart, tradeoff_frontier
 
 TEMPLATE = "report.html.j2"
 MAX_GRIDS = 24  # reconstruction grids embedded (the rest are counted in a note)
 MAX_PNG_BYTES = 8 * 1024 * 1024
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-
-def read_results(path: str | os.PathLike) -> tuple[dict, Path]:
-    """Load a ``results.json`` (or a folder holding one, or a ``.sqlite`` results store).
-
-    Returns:
-        ``(results, base_dir)``: the dict and the folder its artefact paths are relative to.
-    """
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "results.json").is_file():
-            raise SegauditError(f"{path} is a folder without results.json; give the results.json file")
-        path = path / "results.json"
-    if not path.is_file():
-        raise SegauditError(f"results file {path} not found")
-    if path.suffix in (".sqlite", ".sqlite3", ".db"):
-        try:
-            from ..store import load_results
-        except ImportError:
-            raise SegauditError(f"reading {path} needs the results store (segaudit.store), which this install "
-                                "lacks; give the results.json file instead") from None
-        results = load_results(path)
-    else:
-        try:
-            results = json.loads(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise SegauditError(f"{path} is not a UTF-8 JSON file; give a results.json written by segaudit") from None
-        except json.JSONDecodeError as e:
-            raise SegauditError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
-                                "give a results.json written by segaudit") from None
-    if not isinstance(results, dict):
-        raise SegauditError(f"{path} holds a JSON {type(results).__name__}, not a results object; "
-                            "give a results.json written by segaudit")
-    return results, path.parent
+__all__ = ["MAX_GRIDS", "MAX_PNG_BYTES", "PNG_MAGIC", "TEMPLATE", "context", "png_data_uri", "read_results", "render",
+           "write_html"]
 
 
 def write_html(results: dict, path: str | os.PathLike, *, base_dir: str | os.PathLike | None = None,
@@ -105,7 +77,8 @@ def _dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _mean_ci(value: Any) -> tuple[float | None, list | None]:
+def _unpack_summary(value: Any) -> tuple[float | None, list | None]:
+    """``(mean, ci)`` as plain numbers of a cell's ``{"mean", "ci", "n"}`` summary, or of a bare number (ci None)."""
     if isinstance(value, dict):
         ci = value.get("ci")
         ci = [num(ci[0]), num(ci[1])] if isinstance(ci, (list, tuple)) and len(ci) == 2 else None
@@ -127,7 +100,7 @@ def context(results: dict, *, base_dir=None, redact: bool = False) -> dict:
         row["malicious"] = findings.malicious(c)
         for key in ("psnr", "ssim", "mask_dice", "mask_iou", "mse", "baseline_psnr", "baseline_ssim",
                     "baseline_mask_dice", "psnr_gain", "ssim_gain", "mask_dice_gain"):
-            row[key], row[key + "_ci"] = _mean_ci(c.get(key))
+            row[key], row[key + "_ci"] = _unpack_summary(c.get(key))
         for key in ("identification", "mask_identification"):
             row[key] = _rate(c.get(key))
         cells.append(row)
@@ -267,8 +240,6 @@ def _chart(draw, *args) -> tuple[str | None, str]:
 
 
 def _layers(results: dict) -> list[dict]:
-    from .plots import layer_scores_chart
-
     out = []
     for model, report in _dict(results.get("layers")).items():
         groups = []
@@ -288,8 +259,6 @@ def _layers(results: dict) -> list[dict]:
 
 
 def _tradeoffs(results: dict) -> list[dict]:
-    from .plots import tradeoff_frontier
-
     by_model: dict[str, list[dict]] = {}
     for row in _dicts(results.get("tradeoff")):
         status = str(row.get("attack_status") or "")

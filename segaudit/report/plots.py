@@ -11,7 +11,8 @@ from ..metrics import baseline_guess, denormalize, match_order
 from ..types import Batch, Reconstruction
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (imported on first use: matplotlib is slow to import)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,13 +21,15 @@ def _pyplot():
     return plt
 
 
+
+
 def _save(fig, path: str | Path, top: float = 1.0) -> Path:
     """Lay out ``fig`` below ``top`` (a figure fraction; a suptitle goes above it), write it as a PNG atomically
     and free it."""
     fig.tight_layout(rect=(0, 0, 1, top))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return Path(path)
 
 
@@ -44,7 +47,7 @@ def reconstruction_grid(batch: Batch, rec: Reconstruction, path: str | Path, tit
     ``prior_image`` and ``public_masks`` when it has them (see :func:`segaudit.metrics.score`). Reconstructions
     are shown in the matched order of :func:`segaudit.metrics.match_order`.
     """
-    plt = _pyplot()
+    plt = pyplot()
     mean, std = batch.mean or (0.5,), batch.std or (0.5,)
     true = denormalize(batch.images.detach(), mean, std)
     found = denormalize(rec.images.detach(), mean, std) if rec.images is not None else None
@@ -78,7 +81,7 @@ def reconstruction_grid(batch: Batch, rec: Reconstruction, path: str | Path, tit
 
 def layer_scores_chart(report, path: str | Path) -> Path:
     """Horizontal bars of each layer group's combined leakage score (a ``LayerReport``), model order."""
-    plt = _pyplot()
+    plt = pyplot()
     groups = report.groups
     colors = {"encoder": "tab:blue", "decoder": "tab:orange", "skip": "tab:green", "head": "tab:red"}
     fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(groups) + 1.2))
@@ -103,7 +106,7 @@ def tradeoff_frontier(rows: list[dict], path: str | Path, title: str = "") -> Pa
         rows: ``segaudit.tradeoff.run_tradeoff`` rows (``defense``, ``utility_dice``, ``attack_psnr_gain``,
             ``attack_mask_dice_gain``, ``epsilon``); rows missing a value are left out of that panel.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     for ax, key, label in ((axes[0], "attack_psnr_gain", "attack PSNR gain over its baseline (dB)  ← more private"),
                            (axes[1], "attack_mask_dice_gain",
@@ -142,7 +145,7 @@ def roc_plot(labels, scores, path: str | Path, title: str = "") -> Path:
     """ROC curve of ``scores`` (higher = positive) against boolean ``labels``, with the chance diagonal."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     fpr, tpr, _ = roc_curve(np.asarray(labels, bool), np.asarray(scores, float))
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.plot(fpr, tpr, lw=2, label=f"AUC {roc_auc_score(labels, scores):.3f}")
