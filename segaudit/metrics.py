@@ -15,8 +15,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from .errors import SegauditError
 from .types import Batch, Reconstruction
@@ -65,6 +63,8 @@ def _nanmean(x: np.ndarray) -> float:
 
 def image_scores(rec: np.ndarray, true: np.ndarray) -> dict[str, float]:
     """MSE, PSNR (dB) and SSIM of one ``[C,H,W]`` image pair in [0, 1]."""
+    from skimage.metrics import peak_signal_noise_ratio  # scikit-image and scipy load in about a second
+
     mse = float(np.mean((rec - true) ** 2))
     psnr = float(peak_signal_noise_ratio(true, rec, data_range=1.0)) if mse > 0 else math.inf
     return {"mse": mse, "psnr": psnr, "ssim": _ssim(rec, true)}
@@ -72,6 +72,8 @@ def image_scores(rec: np.ndarray, true: np.ndarray) -> dict[str, float]:
 
 def _ssim(rec: np.ndarray, true: np.ndarray) -> float:
     """scikit-image SSIM of two ``[C,H,W]`` images in [0, 1] (window 7, or the largest odd side below it)."""
+    from skimage.metrics import structural_similarity
+
     return float(structural_similarity(true, rec, data_range=1.0, channel_axis=0,
                                        win_size=min(7, *[s - (s + 1) % 2 for s in true.shape[1:]])))
 
@@ -85,6 +87,8 @@ def match_order(rec: torch.Tensor, true: torch.Tensor) -> np.ndarray:
     Returns:
         ``perm`` with ``rec[perm[i]]`` matched to ``true[i]``.
     """
+    from scipy.optimize import linear_sum_assignment
+
     cost = torch.cdist(true.flatten(1).double(), rec.flatten(1).double()) ** 2
     rows, cols = linear_sum_assignment(cost.numpy())
     return cols[np.argsort(rows)]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 # out_of_place patches torchvision before importing it (a CPU torch needs that before Opacus imports torchvision)
 from ..models.dp_compatible import make_private_model
-from ..models.out_of_place import OutOfPlaceBasicBlock, OutOfPlaceBottleneck
 from .accounting import ACCOUNTANTS, check_sample_rate, epsilon, noise_for_epsilon
 from .client import private_client_update
 from .model_fix import FIX_HINT, GRAD_SAMPLE_MODES, check_private_model
@@ -29,8 +28,6 @@ __all__ = [
     "DPSpec",
     "FIX_HINT",
     "GRAD_SAMPLE_MODES",
-    "OutOfPlaceBasicBlock",
-    "OutOfPlaceBottleneck",
     "PrivateTrainResult",
     "check_private_model",
     "check_sample_rate",

@@ -1,0 +1,6 @@
+"""``python -m segaudit ...``: the ``segaudit`` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,6 @@
+"""``python -m segaudit.cli ...``: the ``segaudit`` command."""
+import sys
+
+from .app import main
+
+sys.exit(main())
