@@ -33,11 +33,7 @@ from .attacks.inference import INFERENCE
 from .defenses import parse_defense
 from .errors import SegauditError
 from .preprocessing import Preprocessing
-
-CLIENT_MODE = "train"
-"""The default mode of every simulated client (every command, the config and the Python API). Real clients
-train in train mode, BatchNorm normalising by the batch's own statistics; eval mode (running statistics) is
-the easier case for the attacker and is opt-in (``--client-mode eval``, ``client_mode: eval``)."""
+from .types import CLIENT_MODE as CLIENT_MODE  # re-exported: tests and callers import it from here
 
 TRAIN_STEPS = 300  # a model's training budget when the audit trains it and the config names none
 

@@ -33,7 +33,6 @@ from torch import nn
 
 from .attacks import ATTACKS
 from .attacks.knowledge import attacker_data
-from .config import CLIENT_MODE
 from .data import Dataset, make_batch, split
 from .defenses import DEFENSES, Defense, parse_defense
 from .errors import NotApplicable, SegauditError
@@ -43,7 +42,7 @@ from .preprocessing import normalisation
 from .privacy import DPSpec, make_private_model, train_private
 from .progress import progress as _progress
 from .train import evaluate
-from .types import Prior
+from .types import CLIENT_MODE, Prior
 
 
 @dataclass(frozen=True)

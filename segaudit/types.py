@@ -9,6 +9,15 @@ from typing import Any, Literal
 
 import torch
 
+FL_MODES = ("fedsgd", "fedavg")
+"""FedSGD shares one gradient; FedAvg runs local steps and shares the weight delta."""
+CLIENT_MODES = ("train", "eval")
+"""The client model's mode while it computes its update."""
+CLIENT_MODE = "train"
+"""The default mode of every simulated client (every command, the config and the Python API). Real clients
+train in train mode, BatchNorm normalising by the batch's own statistics; eval mode (running statistics) is
+the easier case for the attacker and is opt-in (``--client-mode eval``, ``client_mode: eval``)."""
+
 Task = Literal["segmentation", "classification"]
 
 

@@ -7,13 +7,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..config import CLIENT_MODE
 from ..errors import SegauditError
 from ..losses import LOSSES
 from ..preprocessing import SCALES
-
-FL_MODES = ("fedsgd", "fedavg")  # FedSGD: one gradient; FedAvg: local steps, then the weight delta
-CLIENT_MODES = ("train", "eval")  # the client model's mode while it computes its update
+from ..types import CLIENT_MODE, CLIENT_MODES, FL_MODES
 
 
 class Parser(argparse.ArgumentParser):
@@ -102,7 +99,7 @@ def add_protocol_args(p: argparse.ArgumentParser, group: str | None = "client pr
 
 
 def add_client_mode(p, default: str | None = CLIENT_MODE) -> None:
-    """``--client-mode``: the same default for every command (see :data:`segaudit.config.CLIENT_MODE`)."""
+    """``--client-mode``: the same default for every command (see :data:`segaudit.types.CLIENT_MODE`)."""
     p.add_argument("--client-mode", choices=CLIENT_MODES, default=default,
                    help=f"the client's model mode: train (BatchNorm on the batch's statistics, as real clients "
                         f"train) or eval (running statistics, the easier case for the attacker); default {CLIENT_MODE}")

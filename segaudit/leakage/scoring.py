@@ -46,7 +46,7 @@ def layer_scores(model: nn.Module, batch: Batch, *, data=None, scorers: Sequence
         steps: the attack budget per group (and for the full-update reference attack).
         seed: seeds the attacks and the probes.
         mode, train_mode: the client's protocol (FedSGD in train mode by default, as real clients train:
-            see :data:`segaudit.config.CLIENT_MODE`).
+            see :data:`segaudit.types.CLIENT_MODE`).
         probes: images for the sensitivity scorer (at least 2 are needed).
         full_attack: also run the attack on the whole update (the report's ``full`` entry).
         show_progress: a progress bar over groups.
