@@ -1,6 +1,6 @@
 """Sweep throughput: cells per minute on this machine with the local executor at 1 and 2 workers, the same on a
 local Ray instance, Ray's overhead per cell over the local pool, and the cost of one cell on one core — the
-figure a 1,000-cell audit on N machines is extrapolated from (README, "Sweeps on Ray").
+figure a 1,000-cell audit on N machines is extrapolated from (docs/audit.md, "Sweeps").
 
 The grid: one trained U-Net-resnet18 (trained once, outside the timings), ``--cells`` attack cells
 (seeds x 1 image, batch 1, FedSGD, ``--steps`` inversion steps at ``--size`` px). Every run audits the saved

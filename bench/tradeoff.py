@@ -6,7 +6,7 @@ the dropout defense) on one held-out client update of the untrained global model
 Then the dropout comparison: the naive ``seg`` attack vs the adaptive ``dropout`` attack (masks optimised,
 DIA) vs the attacker that knows the masks, on the same dropout-defended update.
 
-    OMP_NUM_THREADS=2 python bench/tradeoff.py                       # the README's table
+    OMP_NUM_THREADS=2 python bench/tradeoff.py                       # the table in docs/benchmarks.md
     OMP_NUM_THREADS=2 python bench/tradeoff.py --train-steps 20 --attack-steps 20   # a quick look
 """
 from __future__ import annotations

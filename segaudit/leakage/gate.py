@@ -47,7 +47,7 @@ def gate_update(model: nn.Module, update: ClientUpdate, threshold: float = DEFAU
     other groups are listed for context. The head bias gradient of a FedSGD update gives the class
     composition analytically whatever the risk (reported in ``notes``).
 
-    Calibration (``python bench/layers.py``, README): for Unet-resnet18 at 64 px the image-facing
+    Calibration (``python bench/layers.py``, docs/benchmarks.md): for Unet-resnet18 at 64 px the image-facing
     count is 3136 / (4096 N), so risk 0.77 at N = 1 (where the full attack beats a flat image) and
     0.38 at N = 2, 0.19 at N = 4 (where it does not): the default threshold 0.5 separates them.
 
