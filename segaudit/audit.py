@@ -36,7 +36,7 @@ from .cells import (
 )
 from .checks import check_model_fits_data, model_source
 from .config import AuditConfig
-from .data import check_input_size, load_dataset
+from .data import check_size_multiple, load_dataset
 from .errors import SegauditError
 from .executors import SequentialExecutor
 from .io import atomic_dir, atomic_path, check_out_dir, check_replaceable, inside, write_json
@@ -196,13 +196,13 @@ def preflight(config: AuditConfig, models: dict | None = None):
         if model is None and mc.checkpoint:
             model = load_checkpoint(mc.checkpoint, mc)
         if model is None:
-            check_input_size(config.size, size_rules(mc.arch, mc.encoder).output_stride)
+            check_size_multiple(config.size, size_rules(mc.arch, mc.encoder).output_stride)
             continue
         where = "the model given in memory" if mc.name in (models or {}) else model_source(mc.checkpoint)
         check_model_fits_data(model, data, where)
         preprocessing_of(model, source=mc.checkpoint if mc.name not in (models or {}) else None)
         spec = model.segaudit_spec
-        check_input_size(config.size, size_rules(spec["arch"], spec["encoder"], **spec["options"]).output_stride)
+        check_size_multiple(config.size, size_rules(spec["arch"], spec["encoder"], **spec["options"]).output_stride)
         hashes[mc.name] = model_digest(model)
     return data, {"data": data.digest(), "models": hashes}
 

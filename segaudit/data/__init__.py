@@ -21,8 +21,5 @@ from .batches import FITS, check_size_multiple, make_batch, patches
 from .dataset import BUNDLED, Dataset, data_root, load_dataset, load_pair, split
 from .readers import image_to_unit, mask_to_labels
 
-# Old names kept importable for their users outside this package (to be renamed there, then dropped):
-check_input_size = check_size_multiple  # segaudit/audit.py
-
-__all__ = ["BUNDLED", "FITS", "Dataset", "check_input_size", "check_size_multiple", "data_root", "image_to_unit",
+__all__ = ["BUNDLED", "FITS", "Dataset", "check_size_multiple", "data_root", "image_to_unit",
            "load_dataset", "load_pair", "make_batch", "mask_to_labels", "patches", "split"]
