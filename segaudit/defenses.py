@@ -19,6 +19,7 @@ from torch import nn
 
 from .errors import SegauditError
 from .fl import client_update as plain_client_update
+from .privacy import ACCOUNTANTS, check_sample_rate, epsilon, noise_for_epsilon, private_client_update
 from .registry import Registry
 from .types import Batch, ClientUpdate
 
@@ -408,13 +409,12 @@ class DPSGD(Defense):
         object.__setattr__(self, "q", _checked(self.name, "q", self.q, float, 0, 1, lo_open=True))
         object.__setattr__(self, "rounds", _checked(self.name, "rounds", self.rounds, int, 1, 10**9))
         object.__setattr__(self, "dataset", _checked(self.name, "dataset", self.dataset, int, 0, 10**12))
-        if self.accountant not in ("rdp", "prv"):
-            raise SegauditError(f"defense 'dp': accountant must be 'rdp' or 'prv', got {self.accountant!r}")
+        if self.accountant not in ACCOUNTANTS:
+            raise SegauditError(f"defense 'dp': accountant must be {' or '.join(map(repr, ACCOUNTANTS))}, "
+                                f"got {self.accountant!r}")
 
     def privacy(self, local_steps: int = 1) -> dict:
         """sigma, clip, eps, delta, q, steps and accountant of ``rounds`` updates of ``local_steps`` steps."""
-        from .privacy import epsilon, noise_for_epsilon
-
         steps = self.rounds * local_steps
         if self.sigma is None:
             sigma = noise_for_epsilon(self.eps, self.q, steps, self.delta, self.accountant)
@@ -426,8 +426,6 @@ class DPSGD(Defense):
                 "accountant": self.accountant}
 
     def client_update(self, model: nn.Module, batch: Batch, *, seed: int = 0, **protocol) -> ClientUpdate:
-        from .privacy import check_sample_rate, private_client_update
-
         mode = protocol.get("mode", "fedsgd")
         local_steps = protocol.get("local_steps", 1) if mode == "fedavg" else 1
         step_batch = protocol.get("local_batch_size") or len(batch) if mode == "fedavg" else len(batch)
