@@ -79,7 +79,7 @@ class LocalExecutor:
     def run(self, cells: list, job) -> Iterator[dict]:
         if not cells:
             return
-        pool = self._start()
+        pool = self.start()
         futures = {pool.submit(run_cell, cell, job) for cell in cells}
         try:
             while futures:
@@ -90,7 +90,13 @@ class LocalExecutor:
             for f in futures:
                 f.cancel()
 
-    def _start(self):
+    @property
+    def started(self) -> bool:
+        """Whether the worker processes are running (they start on the first cell)."""
+        return self._pool is not None
+
+    def start(self) -> ProcessPoolExecutor:
+        """The worker pool, started on first use."""
         if self._pool is None:
             self._other_children = set(multiprocessing.active_children())
             self._pool = ProcessPoolExecutor(self.max_parallel, mp_context=multiprocessing.get_context("spawn"),
@@ -149,7 +155,8 @@ class RayExecutor:
         self.max_parallel = max_parallel
         self._ray, self._started, self._task = None, False, None
 
-    def _start(self):
+    def start(self):
+        """The ``ray`` module, connected (or a local instance started) on first use."""
         if self._ray is not None:
             return self._ray
         ray = _ray()
@@ -175,7 +182,7 @@ class RayExecutor:
     def run(self, cells: list, job) -> Iterator[dict]:
         if not cells:
             return
-        ray = self._start()
+        ray = self.start()
         shipped = {name: ray.put(_folder_files(path)) for name, path in job.models.items()
                    if Path(path).is_dir()}
         queue, running = list(cells), {}

@@ -118,7 +118,7 @@ def test_rerun_skips_finished_cells_and_retries_only_what_is_missing(runs):
     idle = sweep.LocalExecutor(max_parallel=2)
     with idle:
         audit.run(grid(models=(UNET,)), out, progress=False, executor=idle, extend=True)
-        assert idle._pool is None
+        assert not idle.started
 
 
 def test_cli_sweep_extends_a_finished_grid(runs, tmp_path, capsys):
@@ -148,7 +148,7 @@ def test_cli_sweep_extends_a_finished_grid(runs, tmp_path, capsys):
 def test_missing_ray_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(SegauditError, match=r"pip install 'segaudit\[ray\]'"):
-        sweep.RayExecutor()._start()
+        sweep.RayExecutor().start()
 
 
 def test_ctrl_c_stops_a_pool_sweep_leaving_whole_rows(runs, tmp_path):
