@@ -291,7 +291,6 @@ class InvertingGradients(InversionAttack):
     tv: float = 1e-4
 
     def _analytic(self, model, update, prior) -> dict:
-
         return recover_labels_or_composition(model, update, prior)
 
     def _init_targets(self, prior: Prior, gen: torch.Generator, extras: dict) -> torch.Tensor:

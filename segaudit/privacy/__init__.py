@@ -16,7 +16,6 @@ Example:
 """
 from __future__ import annotations
 
-# out_of_place patches torchvision before importing it (a CPU torch needs that before Opacus imports torchvision)
 from ..models.dp_compatible import make_private_model
 from .accounting import ACCOUNTANTS, check_sample_rate, epsilon, noise_for_epsilon
 from .client import private_client_update
