@@ -15,7 +15,7 @@ import importlib
 
 from ._compat import patch_torchvision
 from .errors import SegauditError
-from .types import Batch, ClientUpdate, Prior, Reconstruction, UpdateMeta
+from .types import Batch, ClientProtocol, ClientUpdate, Prior, Reconstruction, UpdateMeta
 
 patch_torchvision()
 
@@ -31,8 +31,8 @@ _LAZY = {
     "train_model": "train",
 }
 
-__all__ = ["Batch", "ClientUpdate", "Prior", "Reconstruction", "SegauditError", "UpdateMeta", "__version__",
-           *sorted(_LAZY)]
+__all__ = ["Batch", "ClientProtocol", "ClientUpdate", "Prior", "Reconstruction", "SegauditError", "UpdateMeta",
+           "__version__", *sorted(_LAZY)]
 
 
 def __getattr__(name: str):

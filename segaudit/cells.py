@@ -36,6 +36,7 @@ from .report.plots import layer_scores_chart, reconstruction_grid
 from .store import run_key
 from .tradeoff import TradeoffSettings, run_tradeoff
 from .train import evaluate, train_model
+from .types import ClientProtocol
 
 NOT_APPLICABLE = NotApplicable.STATUS
 
@@ -208,8 +209,8 @@ def _work_attack(cell: Cell, job: Job, tmp: Path, model_files) -> dict:
     batch = _client_batch(data, config, model, s["batch_size"], s["image"], s["seed"])
     knowledge = attacker_data(data, batch, config.size, fit=_fit(data, config.size), norm=normalisation(model),
                               seed=s["seed"])
-    outcome = attack_batch(model, batch, s["attack"], mode=s["mode"], local_steps=s["local_steps"], lr=config.lr,
-                           train_mode=s["client_mode"] == "train", knowledge=knowledge, steps=s["steps"],
+    protocol = ClientProtocol(s["mode"], local_steps=s["local_steps"], lr=config.lr, client_mode=s["client_mode"])
+    outcome = attack_batch(model, batch, s["attack"], protocol, knowledge=knowledge, steps=s["steps"],
                            restarts=s["restarts"], seed=s["seed"], show_progress=False)
     rec = outcome.reconstruction
     grid = Path("artefacts") / f"{cell.key}.png"
@@ -224,7 +225,7 @@ def _work_inference(cell: Cell, job: Job, tmp: Path, model_files) -> dict:
     s = cell.settings
     r = run_inference(fresh_model(s["model"], job, model_files), _data(job), s["attack"], prop=s["property"],
                       batch_size=s["batch_size"], updates=s["updates"], size=s["size"], seed=s["seed"],
-                      show_progress=job.progress, train_mode=s["client_mode"] == "train")
+                      show_progress=job.progress, protocol=ClientProtocol(client_mode=s["client_mode"]))
     summary = r.summary()
     return {k: summary[k] for k in ("auc", "auc_ci", "tpr_at_1pct_fpr", "composition_mae", "composition_mae_ci",
                                      "composition_mae_analytic", "runtime_s")}
@@ -234,8 +235,8 @@ def _work_layers(cell: Cell, job: Job, tmp: Path, model_files) -> dict:
     s, data = cell.settings, _data(job)
     model = fresh_model(s["model"], job, model_files)
     batch = _client_batch(data, job.config, model, 1, 0, s["seed"])
-    report = layer_scores(model, batch, data=data, steps=s["steps"], seed=s["seed"],
-                          train_mode=s["client_mode"] == "train", show_progress=job.progress)
+    report = layer_scores(model, batch, ClientProtocol(client_mode=s["client_mode"]), data=data, steps=s["steps"],
+                          seed=s["seed"], show_progress=job.progress)
     chart = Path("artefacts") / f"{cell.key}-layers.png"
     layer_scores_chart(report, tmp / chart)
     return {"report": report.to_dict(), "artefacts": {"chart": chart.as_posix()}}

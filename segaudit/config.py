@@ -34,6 +34,7 @@ from .defenses import parse_defense
 from .errors import SegauditError
 from .preprocessing import Preprocessing
 from .types import CLIENT_MODE as CLIENT_MODE  # re-exported: tests and callers import it from here
+from .types import CLIENT_MODES, FL_MODES
 
 TRAIN_STEPS = 300  # a model's training budget when the audit trains it and the config names none
 
@@ -141,9 +142,9 @@ class AuditConfig:
             if m.preprocessing is not None:
                 _check_preprocessing(m)
         for mode in self.modes:
-            if mode not in ("fedsgd", "fedavg"):
+            if mode not in FL_MODES:
                 raise SegauditError(f"unknown mode {mode!r} in 'modes'; use fedsgd and/or fedavg")
-        if self.client_mode not in ("train", "eval"):
+        if self.client_mode not in CLIENT_MODES:
             raise SegauditError(f"'client_mode' must be train or eval, got {self.client_mode!r}")
         for a in self.attacks:
             ATTACKS.get(a)

@@ -1,6 +1,6 @@
 """Defenses: what a client changes in the update it computes or shares, recorded for an adaptive attacker.
 
-Every defense is a :class:`Defense` in :data:`DEFENSES`. ``defense.client_update(model, batch, **protocol)``
+Every defense is a :class:`Defense` in :data:`DEFENSES`. ``defense.client_update(model, batch, protocol)``
 returns the ``ClientUpdate`` the client shares; its ``meta.defense`` holds the defense's name and parameters,
 so an attacker who knows the defense can adapt to it.
 
@@ -21,7 +21,7 @@ from .errors import SegauditError
 from .fl import client_update as plain_client_update
 from .privacy import ACCOUNTANTS, check_sample_rate, epsilon, noise_for_epsilon, private_client_update
 from .registry import Registry
-from .types import Batch, ClientUpdate
+from .types import Batch, ClientProtocol, ClientUpdate
 
 DEFENSES: Registry[Defense] = Registry("defense")
 
@@ -36,9 +36,11 @@ class Defense:
         """The defense's parameters as plain values (what ``meta.defense`` records next to ``name``)."""
         return dataclasses.asdict(self)
 
-    def client_update(self, model: nn.Module, batch: Batch, *, seed: int = 0, **protocol) -> ClientUpdate:
-        """The shared update: :func:`segaudit.fl.client_update` with ``protocol``, then :meth:`apply`."""
-        return self.apply(plain_client_update(model, batch, **protocol), seed=seed)
+    def client_update(self, model: nn.Module, batch: Batch, protocol: ClientProtocol | None = None, *,
+                      seed: int = 0, **settings) -> ClientUpdate:
+        """The shared update: :func:`segaudit.fl.client_update` with ``protocol`` (changed by ``settings``, as
+        there), then :meth:`apply`."""
+        return self.apply(plain_client_update(model, batch, protocol, **settings), seed=seed)
 
     def apply(self, update: ClientUpdate, seed: int = 0) -> ClientUpdate:
         """``update`` after :meth:`transform`, with ``meta.defense`` filled in."""
@@ -231,7 +233,8 @@ class Dropout(Defense):
         if self.where not in ("head", "decoder"):
             raise SegauditError(f"defense 'dropout': where must be 'head' or 'decoder', got {self.where!r}")
 
-    def client_update(self, model: nn.Module, batch: Batch, *, seed: int = 0, **protocol) -> ClientUpdate:
+    def client_update(self, model: nn.Module, batch: Batch, protocol: ClientProtocol | None = None, *,
+                      seed: int = 0, **settings) -> ClientUpdate:
         sites = dropout_sites(model, self.where)
         generator = torch.Generator().manual_seed(seed)
         keep = 1.0 - self.p
@@ -240,7 +243,7 @@ class Dropout(Defense):
             return (torch.rand(shape, generator=generator) < keep).float() / keep
 
         with mask_sites(model, sites, lambda site, call, shape: draw(shape)):
-            update = plain_client_update(model, batch, **protocol)
+            update = plain_client_update(model, batch, protocol, **settings)
         meta = dataclasses.replace(update.meta, defense={"name": self.name, **self.params(), "sites": sites,
                                                          "seed": seed})
         return dataclasses.replace(update, meta=meta)
@@ -317,10 +320,11 @@ class LocalSteps(Defense):
                                                 lo_open=True, hi_open=True))
         object.__setattr__(self, "minibatch", _checked(self.name, "minibatch", self.minibatch, int, 0, 1_000_000))
 
-    def client_update(self, model: nn.Module, batch: Batch, *, seed: int = 0, **protocol) -> ClientUpdate:
-        protocol.update(mode="fedavg", local_steps=self.k, lr=self.lr,
-                        local_batch_size=self.minibatch or None)
-        return self.apply(plain_client_update(model, batch, **protocol), seed=seed)
+    def client_update(self, model: nn.Module, batch: Batch, protocol: ClientProtocol | None = None, *,
+                      seed: int = 0, **settings) -> ClientUpdate:
+        protocol = dataclasses.replace(ClientProtocol.of(protocol, **settings), mode="fedavg", local_steps=self.k,
+                                       lr=self.lr, local_batch_size=self.minibatch or None)
+        return self.apply(plain_client_update(model, batch, protocol), seed=seed)
 
 
 def parse_defense(spec: str) -> Defense:
@@ -425,15 +429,16 @@ class DPSGD(Defense):
                 "q": self.q, "rounds": self.rounds, "steps": steps, "dataset": self.dataset,
                 "accountant": self.accountant}
 
-    def client_update(self, model: nn.Module, batch: Batch, *, seed: int = 0, **protocol) -> ClientUpdate:
-        mode = protocol.get("mode", "fedsgd")
-        local_steps = protocol.get("local_steps", 1) if mode == "fedavg" else 1
-        step_batch = protocol.get("local_batch_size") or len(batch) if mode == "fedavg" else len(batch)
+    def client_update(self, model: nn.Module, batch: Batch, protocol: ClientProtocol | None = None, *,
+                      seed: int = 0, **settings) -> ClientUpdate:
+        protocol = ClientProtocol.of(protocol, **settings)
+        fedavg = protocol.mode == "fedavg"
+        step_batch = protocol.local_batch_size or len(batch) if fedavg else len(batch)
         if self.dataset:
             check_sample_rate(self.q, step_batch, self.dataset)
-        info = self.privacy(local_steps)
-        return private_client_update(model, batch, info["sigma"], self.clip, seed=seed,
-                                     defense={"name": self.name, **info}, **protocol)
+        info = self.privacy(protocol.local_steps if fedavg else 1)
+        return private_client_update(model, batch, info["sigma"], self.clip, protocol, seed=seed,
+                                     defense={"name": self.name, **info})
 
     def transform(self, tensors, generator):
         raise SegauditError("defense 'dp' changes how the client computes its update (per-sample clipping); "

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from typing import Literal
 
 import torch
 from torch import nn
 
 from .errors import NotApplicable, SegauditError
 from .losses import LOSSES, task_loss
-from .types import Batch, ClientUpdate, UpdateMeta
+from .types import Batch, ClientProtocol, ClientUpdate, UpdateMeta
 
 
 def trainable_params(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -18,18 +17,8 @@ def trainable_params(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def client_update(
-    model: nn.Module,
-    batch: Batch,
-    mode: Literal["fedsgd", "fedavg"] = "fedsgd",
-    loss: str = "ce",
-    reduction: Literal["mean", "sum"] = "mean",
-    local_steps: int = 1,
-    lr: float = 0.01,
-    local_batch_size: int | None = None,
-    train_mode: bool = True,
-    share_buffers: bool = True,
-) -> ClientUpdate:
+def client_update(model: nn.Module, batch: Batch, protocol: ClientProtocol | None = None,
+                  **settings) -> ClientUpdate:
     """The update one client computes on ``batch``; ``model`` itself is left untouched.
 
     FedSGD shares ``d loss / d theta`` at the current weights. FedAvg runs ``local_steps`` plain SGD steps
@@ -39,10 +28,9 @@ def client_update(
     Args:
         model: the global model, e.g. from ``build_model``.
         batch: images ``[N,C,H,W]`` and masks ``[N,H,W]`` (or labels ``[N]``).
-        mode: ``"fedsgd"`` or ``"fedavg"``.
-        loss, reduction: see :func:`segaudit.losses.task_loss`.
-        train_mode: run the model in train mode (BatchNorm on batch statistics) or eval mode.
-        share_buffers: include buffers (BatchNorm running statistics) after the client's computation.
+        protocol: how the client trains and what it shares (default: FedSGD in train mode).
+        **settings: changes to ``protocol``, field by field (see :meth:`ClientProtocol.of`: ``mode``,
+            ``local_steps``, ``lr``, ``loss``, ``train_mode``, ...).
 
     Returns:
         A ``ClientUpdate`` keyed by parameter name.
@@ -50,10 +38,12 @@ def client_update(
     Example:
         >>> update = client_update(build_model("unet", in_channels=1), batch, mode="fedavg", local_steps=4)
     """
-    meta = client_meta(batch, mode, loss, reduction, local_steps, lr, local_batch_size, train_mode)
-    with _client_copy(model, train_mode, fedavg=mode == "fedavg") as client, batchnorm_guard(meta.local_batch_size):
+    protocol = ClientProtocol.of(protocol, **settings)
+    meta = client_meta(batch, protocol)
+    with _client_copy(model, meta.train_mode, fedavg=meta.mode == "fedavg") as client, \
+            batchnorm_guard(meta.local_batch_size):
         tensors = _run_client(client, batch, meta)
-        buffers = {name: b.detach().clone() for name, b in client.named_buffers()} if share_buffers else {}
+        buffers = {name: b.detach().clone() for name, b in client.named_buffers()} if protocol.share_buffers else {}
     return ClientUpdate(tensors, meta, buffers)
 
 
@@ -76,31 +66,24 @@ def _client_copy(model: nn.Module, train_mode: bool, fedavg: bool):
             m.training = training
 
 
-def client_meta(batch: Batch, mode: str, loss: str, reduction: str, local_steps: int, lr: float,
-                local_batch_size: int | None, train_mode: bool, defense: dict | None = None) -> UpdateMeta:
-    """The checked ``UpdateMeta`` of a client's protocol (FedSGD keeps lr 0, one step, the whole batch).
+def client_meta(batch: Batch, protocol: ClientProtocol, defense: dict | None = None) -> UpdateMeta:
+    """The checked ``UpdateMeta`` of ``protocol`` on ``batch`` (FedSGD keeps lr 0, one step, the whole batch).
 
     Raises:
-        SegauditError: unknown mode or loss, an empty batch, local_steps < 1, lr <= 0 for FedAvg, or a
-            local batch size outside 1..N.
+        SegauditError: an unknown loss, an empty batch or a local batch size above N.
     """
-    if mode not in ("fedsgd", "fedavg"):
-        raise SegauditError(f"unknown mode {mode!r}; use 'fedsgd' or 'fedavg'")
-    if loss not in LOSSES:
-        raise SegauditError(f"unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
+    if protocol.loss not in LOSSES:
+        raise SegauditError(f"unknown loss {protocol.loss!r}; use one of {', '.join(LOSSES)}")
     n = len(batch)
     if n == 0:
         raise SegauditError("the client batch is empty; give at least one image")
-    if local_steps < 1:
-        raise SegauditError(f"local_steps must be at least 1, got {local_steps}")
-    if mode == "fedavg" and lr <= 0:
-        raise SegauditError(f"FedAvg needs a positive learning rate, got lr={lr}")
-    local_batch_size = n if local_batch_size is None else local_batch_size
+    local_batch_size = n if protocol.local_batch_size is None else protocol.local_batch_size
     if not 1 <= local_batch_size <= n:
         raise SegauditError(f"local_batch_size must be in 1..{n} (the batch size), got {local_batch_size}")
-    fedavg = mode == "fedavg"
-    return UpdateMeta(mode, n, loss, reduction, lr if fedavg else 0.0, local_steps if fedavg else 1,
-                      local_batch_size if fedavg else n, train_mode, defense or {})
+    fedavg = protocol.mode == "fedavg"
+    return UpdateMeta(protocol.mode, n, protocol.loss, protocol.reduction, protocol.lr if fedavg else 0.0,
+                      protocol.local_steps if fedavg else 1, local_batch_size if fedavg else n,
+                      protocol.train_mode, defense or {})
 
 
 def local_batches(n: int, meta: UpdateMeta) -> list[list[int]]:

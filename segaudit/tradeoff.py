@@ -42,7 +42,7 @@ from .preprocessing import normalisation
 from .privacy import DPSpec, make_private_model, train_private
 from .progress import progress as _progress
 from .train import evaluate
-from .types import CLIENT_MODE, Prior
+from .types import CLIENT_MODE, ClientProtocol, Prior
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,13 @@ class TradeoffSettings:
         for key in ("size", "batch_size", "train_steps", "train_batch_size", "attack_steps", "restarts", "images"):
             if getattr(self, key) < 1:
                 raise SegauditError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
-        if self.client_mode not in ("train", "eval"):
-            raise SegauditError(f"client mode must be 'train' or 'eval', got {self.client_mode!r}")
         if not self.lr > 0:
             raise SegauditError(f"learning rate must be > 0, got {self.lr}")
+        self.protocol()  # checks the client mode
+
+    def protocol(self, client_mode: str | None = None) -> ClientProtocol:
+        """The clients' protocol: FedSGD with this loss, in ``client_mode`` (default: the settings')."""
+        return ClientProtocol(loss=self.loss, client_mode=client_mode or self.client_mode)
 
 
 def parse_defense_list(text: str) -> list[tuple[str, Defense]]:
@@ -134,8 +137,8 @@ def train_defended(model: nn.Module, dataset: Dataset, defense: Defense, setting
                          replace=len(train_idx) < settings.train_batch_size).tolist()
         batch = make_batch(dataset, idx, size=settings.size, augment=True, seed=settings.seed * 1_000_003 + step,
                            fit="crop", **normalisation(model))
-        update = defense.client_update(global_model, batch, seed=settings.seed * 1_000_003 + step,
-                                       loss=settings.loss, train_mode=True)
+        update = defense.client_update(global_model, batch, settings.protocol("train"),
+                                       seed=settings.seed * 1_000_003 + step)
         scale = 1.0 if update.meta.mode == "fedsgd" else -1.0 / update.meta.lr
         for name, p in params.items():
             p.grad = update.tensors[name].to(p.dtype) * scale
@@ -203,7 +206,7 @@ def attack_defended(model: nn.Module, dataset: Dataset, defense: Defense, settin
     _, test_idx = split(dataset, holdout=settings.holdout, seed=settings.seed)
     attack = attack or ("dropout" if defense.name == "dropout" else "seg")
     # Opacus records activations only in train mode; the DP model has GroupNorm, which ignores the mode
-    train_mode = settings.client_mode == "train" or is_dp(defense)
+    protocol = settings.protocol("train" if is_dp(defense) else None)
     scores, found, statuses, seconds, adaptation = [], [], [], 0.0, None
     for image in range(settings.images):
         idx = [test_idx[(image * settings.batch_size + i) % len(test_idx)] for i in range(settings.batch_size)]
@@ -212,8 +215,7 @@ def attack_defended(model: nn.Module, dataset: Dataset, defense: Defense, settin
         knowledge = attacker_data(dataset, batch, settings.size, fit="crop", norm=normalisation(model),
                                   seed=settings.seed + image)
         try:
-            update = defense.client_update(model, batch, seed=settings.seed + image, loss=settings.loss,
-                                           train_mode=train_mode)
+            update = defense.client_update(model, batch, protocol, seed=settings.seed + image)
         except NotApplicable as e:
             return {"attack": attack, "attack_images": 0, "attack_status": f"{NotApplicable.STATUS}: {e}",
                     "attack_seconds": 0.0, "adaptation": None, **{f"attack_{k}": None for k in _LEAKAGE},

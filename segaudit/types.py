@@ -4,10 +4,13 @@ Shapes: N images per batch, C channels, H x W pixels, K classes.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+
+from .errors import SegauditError
 
 FL_MODES = ("fedsgd", "fedavg")
 """FedSGD shares one gradient; FedAvg runs local steps and shares the weight delta."""
@@ -19,6 +22,85 @@ train in train mode, BatchNorm normalising by the batch's own statistics; eval m
 the easier case for the attacker and is opt-in (``--client-mode eval``, ``client_mode: eval``)."""
 
 Task = Literal["segmentation", "classification"]
+FLMode = Literal["fedsgd", "fedavg"]
+ClientMode = Literal["train", "eval"]
+
+
+@dataclass(frozen=True)
+class ClientProtocol:
+    """How a simulated federated client computes what it shares.
+
+    Attributes:
+        mode: ``"fedsgd"`` (one gradient) or ``"fedavg"`` (the weight delta after ``local_steps`` SGD steps).
+        loss, reduction: see :func:`segaudit.losses.task_loss`.
+        local_steps, lr, local_batch_size: FedAvg's local SGD (``None``: the whole batch each step); FedSGD
+            ignores them.
+        client_mode: ``"train"`` (BatchNorm on the batch's statistics, as real clients train) or ``"eval"``.
+        share_buffers: whether the update carries the buffers (BatchNorm running statistics) after the client's
+            computation.
+
+    Raises:
+        SegauditError: an unknown mode, client mode or reduction, ``local_steps < 1`` or a non-positive FedAvg
+            learning rate (the loss and the local batch size are checked with the batch, by
+            :func:`segaudit.fl.client_meta`).
+    """
+
+    mode: FLMode = "fedsgd"
+    loss: str = "ce"
+    reduction: Literal["mean", "sum"] = "mean"
+    local_steps: int = 1
+    lr: float = 0.01
+    local_batch_size: int | None = None
+    client_mode: ClientMode = CLIENT_MODE
+    share_buffers: bool = True
+
+    def __post_init__(self):
+        if self.mode not in FL_MODES:
+            raise SegauditError(f"unknown mode {self.mode!r}; use 'fedsgd' or 'fedavg'")
+        if self.client_mode not in CLIENT_MODES:
+            raise SegauditError(f"client mode must be 'train' or 'eval', got {self.client_mode!r}")
+        if self.reduction not in ("mean", "sum"):
+            raise SegauditError(f"unknown reduction {self.reduction!r}; use 'mean' or 'sum'")
+        if self.local_steps < 1:
+            raise SegauditError(f"local_steps must be at least 1, got {self.local_steps}")
+        if self.mode == "fedavg" and not self.lr > 0:
+            raise SegauditError(f"FedAvg needs a positive learning rate, got lr={self.lr}")
+
+    @classmethod
+    def of(cls, protocol: ClientProtocol | None = None, *, train_mode: bool | None = None,
+           **changes) -> ClientProtocol:
+        """``protocol`` (default: the default protocol) with ``changes``, field by field; ``train_mode`` is the
+        Python API's boolean spelling of ``client_mode``.
+
+        Example:
+            >>> ClientProtocol.of(mode="fedavg", local_steps=4, train_mode=False).client_mode
+            'eval'
+        """
+        if train_mode is not None:
+            changes["client_mode"] = "train" if train_mode else "eval"
+        return dataclasses.replace(protocol or cls(), **changes)
+
+    @classmethod
+    def extract(cls, protocol: ClientProtocol | None, options: dict[str, Any]) -> tuple[ClientProtocol, dict]:
+        """``protocol`` changed by the protocol's names among ``options`` (as :meth:`of`), and the other options.
+
+        Example:
+            >>> ClientProtocol.extract(None, {"mode": "fedavg", "steps": 50})
+            (ClientProtocol(mode='fedavg', ...), {'steps': 50})
+        """
+        names = {f.name for f in dataclasses.fields(cls)} | {"train_mode"}
+        changes = {k: v for k, v in options.items() if k in names}
+        return cls.of(protocol, **changes), {k: v for k, v in options.items() if k not in names}
+
+    def record(self) -> dict[str, Any]:
+        """What results record of the protocol: ``mode``, ``local_steps``, ``lr``, ``loss``, ``train_mode``."""
+        return {"mode": self.mode, "local_steps": self.local_steps, "lr": self.lr, "loss": self.loss,
+                "train_mode": self.train_mode}
+
+    @property
+    def train_mode(self) -> bool:
+        """Whether the client's model runs in train mode (BatchNorm on the batch's statistics)."""
+        return self.client_mode == "train"
 
 
 @dataclass(frozen=True)

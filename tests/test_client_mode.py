@@ -21,6 +21,7 @@ from segaudit.privacy import private_client_update
 from segaudit.report.findings import recommendations, stops_attack
 from segaudit.report.html import render
 from segaudit.tradeoff import TradeoffSettings, run_tradeoff
+from segaudit.types import ClientProtocol
 
 COMMANDS = ("attack", "audit", "infer", "layers", "tradeoff", "update")
 
@@ -34,8 +35,10 @@ def test_every_command_the_config_and_the_api_default_to_one_client_mode():
         # audit: None reads the config's, whose default is the same
         assert (parsed.client_mode or AuditConfig().client_mode) == CLIENT_MODE, command
     assert AuditConfig().client_mode == TradeoffSettings().client_mode == CLIENT_MODE
+    # the Python API: every client takes a ClientProtocol whose default is that mode
+    assert ClientProtocol().client_mode == CLIENT_MODE and ClientProtocol().train_mode is True
     for fn in (client_update, attack_batch, layer_scores, private_client_update):
-        assert inspect.signature(fn).parameters["train_mode"].default is True, fn.__name__
+        assert inspect.signature(fn).parameters["protocol"].default is None, fn.__name__
 
 
 def test_a_train_mode_client_on_one_value_per_channel_is_not_applicable():

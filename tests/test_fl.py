@@ -9,7 +9,7 @@ from segaudit import SegauditError
 from segaudit.fl import check_update, client_update
 from segaudit.losses import soft_dice_loss, task_loss
 from segaudit.models import build_model
-from segaudit.types import Batch, ClientUpdate
+from segaudit.types import Batch, ClientProtocol, ClientUpdate
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +90,37 @@ def test_sum_reduction_scales_with_pixels(unet, batch):
     ({"mode": "fedavg", "local_steps": 0}, "local_steps must be at least 1"),
     ({"mode": "fedavg", "lr": 0.0}, "positive learning rate"),
     ({"mode": "fedavg", "local_batch_size": 9}, "local_batch_size must be in 1..4"),
+    ({"mode": "fedavg", "local_batch_size": 0}, "local_batch_size must be in 1..4"),
+    ({"client_mode": "test"}, "client mode must be 'train' or 'eval'"),
+    ({"reduction": "max"}, "unknown reduction"),
 ])
 def test_bad_update_requests(unet, batch, kwargs, match):
     with pytest.raises(SegauditError, match=match):
         client_update(unet, batch, **kwargs)
+
+
+def test_a_protocol_object_and_its_keyword_spelling_give_the_same_update(unet, batch):
+    protocol = ClientProtocol("fedavg", local_steps=3, lr=0.05, local_batch_size=2, client_mode="eval")
+    assert ClientProtocol.of(mode="fedavg", local_steps=3, lr=0.05, local_batch_size=2, train_mode=False) == protocol
+    by_object = client_update(unet, batch, protocol)
+    by_keywords = client_update(unet, batch, mode="fedavg", local_steps=3, lr=0.05, local_batch_size=2,
+                                train_mode=False)
+    assert by_object.meta == by_keywords.meta
+    assert by_object.meta.train_mode is False and by_object.meta.local_steps == 3 and by_object.meta.lr == 0.05
+    for name, t in by_object.tensors.items():
+        assert torch.equal(t, by_keywords.tensors[name]), name
+    # keywords change the given protocol field by field; FedSGD records lr 0 and one step whatever was asked
+    assert client_update(unet, batch, protocol, mode="fedsgd").meta.local_steps == 1
+
+
+def test_extract_separates_the_protocol_from_other_options():
+    protocol, rest = ClientProtocol.extract(ClientProtocol(loss="dice_ce"), {"mode": "fedavg", "train_mode": False,
+                                                                            "steps": 50, "seed": 3})
+    assert protocol == ClientProtocol("fedavg", "dice_ce", client_mode="eval") and rest == {"steps": 50, "seed": 3}
+    assert protocol.record() == {"mode": "fedavg", "local_steps": 1, "lr": 0.01, "loss": "dice_ce",
+                                 "train_mode": False}
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        ClientProtocol.of(local_step=2)
 
 
 def test_check_update_refuses_other_arch_and_nan(unet, batch):

@@ -16,7 +16,15 @@ from ..preprocessing import normalisation
 from ..report.plots import reconstruction_grid
 from ..types import Batch
 from .inputs import attack_data, batch_fit, batch_stride, environment, model_for
-from .options import add_command, add_data_args, add_model_args, add_out_args, add_protocol_args, add_seed, train_mode
+from .options import (
+    add_command,
+    add_data_args,
+    add_model_args,
+    add_out_args,
+    add_protocol_args,
+    add_seed,
+    client_protocol,
+)
 
 
 def add_attack_parser(sub) -> None:
@@ -91,8 +99,7 @@ def cmd_attack(args) -> int:
     model = model_for(args, data)
     batch = _attack_batch(args, data, model)
     knowledge = _knowledge(args, data, batch, model)
-    outcome = attack_batch(model, batch, args.attack, mode=args.mode, local_steps=args.local_steps, lr=args.lr,
-                           train_mode=train_mode(args), restarts=args.restarts, seed=args.seed,
+    outcome = attack_batch(model, batch, args.attack, client_protocol(args), restarts=args.restarts, seed=args.seed,
                            show_progress=not args.quiet, knowledge=knowledge, **budget)
     spec = model_spec(model)
     rec = outcome.reconstruction

@@ -7,7 +7,15 @@ from ..defenses import parse_defense
 from ..io import atomic_dir, check_out_dir, write_json
 from ..report.plots import roc_plot
 from .inputs import environment, model_for
-from .options import add_command, add_data_args, add_model_args, add_out_args, add_protocol_args, add_seed, train_mode
+from .options import (
+    add_command,
+    add_data_args,
+    add_model_args,
+    add_out_args,
+    add_protocol_args,
+    add_seed,
+    client_protocol,
+)
 
 
 def add_infer_parser(sub) -> None:
@@ -36,8 +44,7 @@ def cmd_infer(args) -> int:
     result = run_inference(model, data, args.attack, prop=args.property, batch_size=args.batch_size,
                            updates=args.updates, shadow_updates=args.shadow_updates, size=args.size,
                            crops_per_image=args.crops_per_image, defense=parse_defense(args.defense),
-                           seed=args.seed, show_progress=not args.quiet, mode=args.mode,
-                           local_steps=args.local_steps, lr=args.lr, train_mode=train_mode(args))
+                           seed=args.seed, show_progress=not args.quiet, protocol=client_protocol(args))
     with atomic_dir(out) as tmp:
         write_json(tmp / "result.json", {**result.summary(), **environment()})
         if result.auc is not None:

@@ -8,9 +8,10 @@ from ..leakage import gate_update, layer_scores
 from ..models import load_model
 from ..preprocessing import normalisation
 from ..report.plots import layer_scores_chart
+from ..types import ClientProtocol
 from ..updates import load_update
 from .inputs import attack_data, batch_fit, batch_stride, environment, model_for
-from .options import add_client_mode, add_command, add_data_args, add_model_args, add_out_args, add_seed, train_mode
+from .options import add_client_mode, add_command, add_data_args, add_model_args, add_out_args, add_seed
 
 
 def add_layers_parser(sub) -> None:
@@ -36,8 +37,8 @@ def cmd_layers(args) -> int:
         raise SegauditError(f"--batch-size must be at least 1, got {args.batch_size}")
     batch = make_batch(data, [i % len(data) for i in range(args.batch_size)], size=args.size, seed=args.seed,
                        fit=batch_fit(data, args.size), stride=batch_stride(model), **normalisation(model))
-    report = layer_scores(model, batch, data=data, steps=args.steps, seed=args.seed, mode="fedsgd",
-                          train_mode=train_mode(args), show_progress=not args.quiet)
+    report = layer_scores(model, batch, ClientProtocol(client_mode=args.client_mode), data=data, steps=args.steps,
+                          seed=args.seed, show_progress=not args.quiet)
     with atomic_dir(out) as tmp:
         write_json(tmp / "layers.json", {**report.to_dict(), **environment()})
         layer_scores_chart(report, tmp / "layers.png")

@@ -10,7 +10,7 @@ import os
 from ..errors import SegauditError
 from ..losses import LOSSES
 from ..preprocessing import SCALES
-from ..types import CLIENT_MODE, CLIENT_MODES, FL_MODES
+from ..types import CLIENT_MODE, CLIENT_MODES, FL_MODES, ClientProtocol
 
 
 class Parser(argparse.ArgumentParser):
@@ -105,9 +105,10 @@ def add_client_mode(p, default: str | None = CLIENT_MODE) -> None:
                         f"train) or eval (running statistics, the easier case for the attacker); default {CLIENT_MODE}")
 
 
-def train_mode(args) -> bool:
-    """Whether ``--client-mode`` puts the client's model in train mode (the ``train_mode`` of the Python API)."""
-    return args.client_mode == "train"
+def client_protocol(args) -> ClientProtocol:
+    """The client's protocol from the options :func:`add_protocol_args` adds (``--loss`` where there is one)."""
+    return ClientProtocol(args.mode, getattr(args, "loss", "ce"), local_steps=args.local_steps, lr=args.lr,
+                          client_mode=args.client_mode)
 
 
 def add_out_args(p: argparse.ArgumentParser, default: str | None = None, metavar: str = "DIR",

@@ -7,7 +7,15 @@ from ..io import check_out_file
 from ..preprocessing import normalisation
 from ..updates import save_update
 from .inputs import model_for
-from .options import add_command, add_data_args, add_model_args, add_out_args, add_protocol_args, add_seed, train_mode
+from .options import (
+    add_command,
+    add_data_args,
+    add_model_args,
+    add_out_args,
+    add_protocol_args,
+    add_seed,
+    client_protocol,
+)
 
 
 def add_update_parser(sub) -> None:
@@ -27,8 +35,7 @@ def cmd_update(args) -> int:
     model = model_for(args, data)
     batch = make_batch(data, list(range(args.batch_size)), size=args.size, seed=args.seed, fit="crop",
                        **normalisation(model))
-    update = client_update(model, batch, mode=args.mode, local_steps=args.local_steps, lr=args.lr, loss=args.loss,
-                           train_mode=train_mode(args))
+    update = client_update(model, batch, client_protocol(args))
     path = save_update(update, args.out, force=args.force)
     print(f"{update.kind} of {len(update.tensors)} tensors, norm {update.norm():.4g} -> {path}")
     return 0

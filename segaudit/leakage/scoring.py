@@ -18,7 +18,7 @@ from ..errors import SegauditError
 from ..fl import client_update
 from ..models import layer_groups
 from ..progress import progress
-from ..types import Batch, Prior
+from ..types import Batch, ClientProtocol, Prior
 from .context import LAYER_SCORERS, ScoringContext
 from .report import GroupScore, LayerReport
 from .scorers import ablation_attack, flat_baseline
@@ -32,9 +32,9 @@ def combine(components: Mapping[str, float]) -> float | None:
     return float(sum(values) / len(values)) if values else None
 
 
-def layer_scores(model: nn.Module, batch: Batch, *, data=None, scorers: Sequence[str] = ("attack", "analytic",
-                 "sensitivity"), steps: int = 30, seed: int = 0, mode: str = "fedsgd", train_mode: bool = True,
-                 probes: int = 6, full_attack: bool = True, show_progress: bool = False) -> LayerReport:
+def layer_scores(model: nn.Module, batch: Batch, protocol: ClientProtocol | None = None, *, data=None,
+                 scorers: Sequence[str] = ("attack", "analytic", "sensitivity"), steps: int = 30, seed: int = 0,
+                 probes: int = 6, full_attack: bool = True, show_progress: bool = False, **changes) -> LayerReport:
     """Score every layer group of ``model`` for the client's ``batch``.
 
     Args:
@@ -45,8 +45,8 @@ def layer_scores(model: nn.Module, batch: Batch, *, data=None, scorers: Sequence
         scorers: names in :data:`LAYER_SCORERS`.
         steps: the attack budget per group (and for the full-update reference attack).
         seed: seeds the attacks and the probes.
-        mode, train_mode: the client's protocol (FedSGD in train mode by default, as real clients train:
-            see :data:`segaudit.types.CLIENT_MODE`).
+        protocol, **changes: the client's protocol, as for :func:`segaudit.fl.client_update` (FedSGD in train
+            mode by default, as real clients train: see :data:`segaudit.types.CLIENT_MODE`).
         probes: images for the sensitivity scorer (at least 2 are needed).
         full_attack: also run the attack on the whole update (the report's ``full`` entry).
         show_progress: a progress bar over groups.
@@ -64,7 +64,8 @@ def layer_scores(model: nn.Module, batch: Batch, *, data=None, scorers: Sequence
         raise SegauditError(f"steps must be at least 1, got {steps}")
     started = time.perf_counter()
     model = copy.deepcopy(model)
-    update = client_update(model, batch, mode=mode, train_mode=train_mode, lr=0.01)
+    protocol = ClientProtocol.of(protocol, **changes)
+    update = client_update(model, batch, protocol)
     groups = layer_groups(model)
     ctx = ScoringContext(model, batch, update, Prior.from_batch_shape(batch), groups,
                          _probe_batch(batch, data, probes, seed), steps, seed)
@@ -85,7 +86,8 @@ def layer_scores(model: nn.Module, batch: Batch, *, data=None, scorers: Sequence
         full = ablation_attack(model, update, batch, (), steps, seed)
         runtime["full_attack"] = time.perf_counter() - t0
     runtime["total"] = time.perf_counter() - started
-    settings = {"scorers": list(scorers), "steps": steps, "seed": seed, "mode": mode, "train_mode": train_mode,
+    settings = {"scorers": list(scorers), "steps": steps, "seed": seed, "mode": protocol.mode,
+                "train_mode": protocol.train_mode,
                 "batch_size": len(batch), "size": list(batch.images.shape[-2:]), "probes": int(ctx.probes[0].shape[0])}
     baseline = ctx.cache.get("baseline") or (flat_baseline(batch) if ctx.prior.task == "segmentation" else {})
     return LayerReport(results, full, baseline, settings, runtime)

@@ -13,7 +13,7 @@ from ...data import split
 from ...defenses import Defense
 from ...errors import SegauditError
 from ...preprocessing import normalisation
-from ...types import Batch, UpdateMeta
+from ...types import Batch, ClientProtocol, UpdateMeta
 from .attacks import INFERENCE, InferenceAttack
 from .cases import PropertySpec, Truth
 from .scoring import bootstrap_auc, mean_ci, roc_scores
@@ -59,7 +59,8 @@ class InferenceResult:
 def run_inference(model: nn.Module, dataset, attack: str = "composition", *, prop: str | None = None,
                   batch_size: int = 8, updates: int = 200, shadow_updates: int | None = None, size: int = 64,
                   crops_per_image: int = 16, defense: Defense | None = None, seed: int = 0,
-                  show_progress: bool = False, **protocol) -> InferenceResult:
+                  show_progress: bool = False, protocol: ClientProtocol | None = None,
+                  **changes) -> InferenceResult:
     """Run one inference attack over ``updates`` simulated target updates and score it.
 
     Args:
@@ -70,20 +71,22 @@ def run_inference(model: nn.Module, dataset, attack: str = "composition", *, pro
         attack: ``"composition"``, ``"property"`` or ``"membership"``.
         prop: a :class:`PropertySpec` text (needed by ``"property"``; optional for ``"composition"``).
         shadow_updates: updates the attacker simulates to fit (default: ``updates``).
-        protocol: the clients' ``mode``, ``local_steps``, ``lr``, ``train_mode``, ``loss``.
+        protocol, **changes: the clients' protocol, as for :func:`segaudit.fl.client_update` (default: FedSGD
+            in train mode).
 
     Example:
         >>> r = run_inference(model, load_dataset("nuclei"), "property", prop="nucleus>0.25", batch_size=8)
         >>> r.auc, r.tpr_at_1pct_fpr
     """
     start = time.perf_counter()
+    protocol = ClientProtocol.of(protocol, **changes)
     attacker = INFERENCE.get(attack)
     spec = PropertySpec.parse(prop, dataset.class_names) if prop else None
     _check_counts(attack, attacker.question, spec, dataset.class_names, updates, shadow_updates, crops_per_image)
     reference_idx, simulation_idx, target_idx = _split_images(dataset, seed)
     _check_batch_size(batch_size, min(len(simulation_idx), len(target_idx)) * crops_per_image, crops_per_image)
     question = "membership" if attacker.question == "membership" else ("property" if spec else "none")
-    common = dict(question=question, prop=spec, defense=defense, show_progress=show_progress, **protocol)
+    common = dict(question=question, prop=spec, defense=defense, show_progress=show_progress, protocol=protocol)
     # the attacker's own crops: some make its shadow updates, others its reference (mean softmax, mean
     # gradient), so shadow candidates are never part of the reference, just as target candidates are not
     norm = normalisation(model)  # the clients' images, and the attacker's, as the model was trained
@@ -107,7 +110,7 @@ def run_inference(model: nn.Module, dataset, attack: str = "composition", *, pro
                              meta.defense or {"name": "none"},
                              {"size": size, "shadow_updates": shadow_count, "seed": seed,
                               "data_split": "images" if len(dataset) >= SPLIT_BY_IMAGE else "crops",
-                              **{k: v for k, v in protocol.items()}})
+                              **protocol.record()})
     _score(result, predictions, truths, seed)
     result.runtime_s = time.perf_counter() - start
     return result

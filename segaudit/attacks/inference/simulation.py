@@ -12,7 +12,7 @@ from ...data import make_batch
 from ...defenses import Defense, NoDefense
 from ...errors import SegauditError
 from ...progress import progress
-from ...types import Batch, Prior
+from ...types import Batch, ClientProtocol, Prior
 from .cases import Case, PropertySpec, Truth
 
 
@@ -26,7 +26,8 @@ def crop_pool(dataset, indices: list[int], size: int, crops_per_image: int, seed
 
 def stream(model: nn.Module, pool: Batch, count: int, batch_size: int, *, question: str = "none",
            prop: PropertySpec | None = None, defense: Defense | None = None, seed: int = 0,
-           show_progress: bool = False, desc: str = "client updates", **protocol) -> Iterator[tuple[Case, Truth]]:
+           show_progress: bool = False, desc: str = "client updates", protocol: ClientProtocol | None = None,
+           **changes) -> Iterator[tuple[Case, Truth]]:
     """``count`` client updates on batches drawn from ``pool``, each with its truth, made one at a time.
 
     The arguments are checked at once; each update is computed only when the iterator is advanced, and the
@@ -36,7 +37,7 @@ def stream(model: nn.Module, pool: Batch, count: int, batch_size: int, *, questi
     Args:
         question: ``"none"`` (random batches), ``"property"`` (half the batches have ``prop``) or
             ``"membership"`` (half the batches contain the case's candidate image).
-        protocol: passed to the client, e.g. ``mode``, ``local_steps``, ``lr``, ``train_mode``.
+        protocol, **changes: the clients' protocol, as for :func:`segaudit.fl.client_update`.
 
     Returns:
         An iterator of ``(Case, Truth)``; the labels alternate True/False so both kinds are equally many.
@@ -48,6 +49,7 @@ def stream(model: nn.Module, pool: Batch, count: int, batch_size: int, *, questi
         raise SegauditError(f"batch size {batch_size} is outside 1..{n}, the crops the data gives "
                             "(images x crops per image); use a smaller batch or more crops per image")
     defense = defense or NoDefense()
+    protocol = ClientProtocol.of(protocol, **changes)
     rng = np.random.default_rng(seed)
     chooser = _batch_chooser(pool, batch_size, question, prop, rng)
     return _stream(model, pool, count, batch_size, question, chooser, defense, seed, show_progress, desc, protocol)
@@ -58,7 +60,7 @@ def _stream(model, pool, count, batch_size, question, chooser, defense, seed, sh
         label = bool(i % 2 == 0) if question != "none" else None
         picks, candidate = chooser(label)
         batch = pool.subset(picks)
-        update = defense.client_update(model, batch, seed=seed + i, **protocol)
+        update = defense.client_update(model, batch, protocol, seed=seed + i)
         truth = torch.bincount(batch.masks.flatten(), minlength=pool.num_classes).double() / batch.masks.numel()
         cand = pool.subset([candidate]) if candidate is not None else None
         case = Case(update, Prior.from_batch_shape(batch), cand)
