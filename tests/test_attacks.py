@@ -7,7 +7,13 @@ import torch
 from segaudit import SegauditError
 from segaudit.attacks import ATTACKS, Attack
 from segaudit.attacks.inversion import DLG
-from segaudit.attacks.recovery import counts_from_shares, estimate_composition, recover_labels
+from segaudit.attacks.recovery import (
+    counts_from_shares,
+    estimate_composition,
+    head_bias,
+    head_bias_name,
+    recover_labels,
+)
 from segaudit.data import load_dataset, make_batch
 from segaudit.fl import client_update
 from segaudit.metrics import score
@@ -226,3 +232,24 @@ def test_median_restart_aligns_each_batch_and_skips_failed_restarts():
 def test_refuses_unknown_combine():
     with pytest.raises(SegauditError, match="unknown combine 'mean'; use one of best, median"):
         ATTACKS.create("seg", combine="mean")
+
+
+@pytest.mark.parametrize("arch, encoder", [("unet", "resnet18"), ("deeplabv3plus", "resnet18"), ("fpn", "resnet18"),
+                                           ("segformer", None), ("lenet", None), ("resnet18", None)])
+def test_the_head_bias_is_the_output_layers_bias_of_one_entry_per_class(arch, encoder):
+    model = build_model(arch, encoder=encoder, in_channels=1, classes=3)
+    name = head_bias(model, 3)
+    biases = [n for n, _ in model.named_parameters() if n.endswith(".bias")]
+    assert name == head_bias(model) == biases[-1], arch  # the last bias of the network is the head's
+    assert dict(model.named_parameters())[name].shape == (3,)
+    assert head_bias(model, 4) is None
+
+
+def test_a_head_without_a_bias_of_one_entry_per_class_is_refused_by_analytic_recovery():
+    model = build_model("unet", encoder="resnet18", in_channels=1, classes=3)
+    update = client_update(model, Batch(torch.randn(1, 1, 32, 32), torch.zeros(1, 32, 32, dtype=torch.long),
+                                        ("a", "b", "c")), train_mode=False)
+    assert head_bias_name(model, update, 3) == "segmentation_head.0.bias"
+    frozen = ClientUpdate({k: v for k, v in update.tensors.items() if k != "segmentation_head.0.bias"}, update.meta)
+    with pytest.raises(SegauditError, match="no bias of one entry per class"):
+        head_bias_name(model, frozen, 3)

@@ -179,8 +179,8 @@ class CountingDefense(Defense):
     def params(self):
         return {}
 
-    def client_update(self, model, batch, *, seed=0, **protocol):
-        update = super().client_update(model, batch, seed=seed, **protocol)
+    def client_update(self, model, batch, protocol=None, *, seed=0, **settings):
+        update = super().client_update(model, batch, protocol, seed=seed, **settings)
         self.made.append(weakref.ref(update))
         self.most_alive = max(self.most_alive, sum(r() is not None for r in self.made))
         return update

@@ -19,15 +19,27 @@ from ..types import ClientUpdate, Prior
 from .base import box_bounds
 
 
-def head_bias_name(model: nn.Module, update: ClientUpdate, num_classes: int) -> str:
-    """Name of the output layer's bias (shape ``[K]``) in the head group of ``layer_groups``."""
-    heads = [g for g in layer_groups(model) if g.kind == "head"]
+def head_bias(model: nn.Module, num_classes: int | None = None) -> str | None:
+    """Name of the output layer's bias: the last bias in the head groups of ``layer_groups`` (of shape ``[K]``
+    with K = ``num_classes`` when given), or ``None`` when the head has none."""
     shapes = dict(model.named_parameters())
-    for group in reversed(heads):
+    for group in reversed([g for g in layer_groups(model) if g.kind == "head"]):
         for name in reversed(group.params):
-            if name.endswith("bias") and tuple(shapes[name].shape) == (num_classes,) and name in update.tensors:
+            if name.endswith("bias") and (num_classes is None or tuple(shapes[name].shape) == (num_classes,)):
                 return name
-    raise SegauditError("the model's output layer has no bias of one entry per class; analytic recovery needs it")
+    return None
+
+
+def head_bias_name(model: nn.Module, update: ClientUpdate, num_classes: int) -> str:
+    """:func:`head_bias` of one entry per class, checked to be in ``update``.
+
+    Raises:
+        SegauditError: the head has no such bias, or the update does not carry it (a frozen head).
+    """
+    name = head_bias(model, num_classes)
+    if name is None or name not in update.tensors:
+        raise SegauditError("the model's output layer has no bias of one entry per class; analytic recovery needs it")
+    return name
 
 
 def mean_bias_gradient(update: ClientUpdate, name: str, pixels: int) -> torch.Tensor:

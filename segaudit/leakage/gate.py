@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attacks.recovery import head_bias
 from ..errors import SegauditError
 from ..fl import check_update, trainable_params
 from ..losses import task_loss
 from ..models import is_segmentation, layer_groups
 from ..types import ClientUpdate, UpdateMeta
-from .layers import WEIGHT_LAYERS, LayerRecorder, head_bias
+from .layers import WEIGHT_LAYERS, LayerRecorder
 from .report import GateResult
 
 __all__ = ["DEFAULT_THRESHOLD", "NORM_SLACK", "gate_update"]

@@ -1,5 +1,5 @@
-"""Helpers over a model's layers shared by the scorers and the gate: the weight layers, the head bias, and a
-forward-hook recorder of layer inputs and outputs."""
+"""Helpers over a model's layers shared by the scorers and the gate: the weight layers and a forward-hook recorder
+of layer inputs and outputs."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -7,15 +7,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-__all__ = ["WEIGHT_LAYERS", "LayerRecorder", "head_bias"]
+__all__ = ["WEIGHT_LAYERS", "LayerRecorder"]
 
 WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)
-
-
-def head_bias(model: nn.Module) -> str | None:
-    """Name of the last parameter ending in ``.bias`` (the output layer's bias), if any."""
-    names = [n for n, _ in model.named_parameters() if n.endswith(".bias")]
-    return names[-1] if names else None
 
 
 class LayerRecorder:

@@ -17,7 +17,7 @@ from torch import nn
 from ..attacks.base import best_restart
 from ..attacks.inversion import MatchingLoss, SegmentationInversion
 from ..attacks.objectives import GradientMatcher, select_names
-from ..attacks.recovery import recover_labels_or_composition
+from ..attacks.recovery import head_bias, recover_labels_or_composition
 from ..errors import SegauditError
 from ..fl import check_update, trainable_params
 from ..losses import task_loss
@@ -25,7 +25,6 @@ from ..metrics import score
 from ..models import layer_groups
 from ..types import Batch, ClientUpdate, Prior, Reconstruction
 from .context import LAYER_SCORERS, ScoringContext
-from .layers import head_bias
 
 __all__ = ["PSNR_SPAN_DB", "ablation_attack", "attack_exposure", "attack_scorer", "attack_with_layers",
            "flat_baseline", "sensitivity_scorer"]
