@@ -14,11 +14,10 @@ from segaudit.defenses import DEFENSES, Clip, GaussianNoise, Quantize, TopKPrune
 from segaudit.fl import client_update
 from segaudit.models import build_model
 from segaudit.types import ClientUpdate, Prior, UpdateMeta
-from tiny_models import tiny_unet
 
 
 @pytest.fixture(scope="module")
-def case():
+def case(tiny_unet):
     model = tiny_unet()
     batch = make_batch(load_dataset("nuclei"), [0, 1], size=32, fit="crop", seed=0)
     return model, batch, client_update(model, batch, train_mode=False)
@@ -209,7 +208,7 @@ def test_seg_records_its_adaptation(case):
 
 @pytest.mark.parametrize("kw", [{}, {"known_masks": True}])
 def test_dropout_attack_contract_on_a_dropout_update(case, kw):
-    """The attack contract of tests/test_attacks.py, on an update made with dropout."""
+    """The attack contract of tests/attacks/test_attacks.py, on an update made with dropout."""
     model, batch, _ = case
     update = parse_defense("dropout:0.5").client_update(model, batch, seed=2, train_mode=False)
     prior = Prior.from_batch_shape(batch)

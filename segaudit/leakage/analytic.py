@@ -31,20 +31,20 @@ def gradient_system(layer: nn.Module, x_shape: Sequence[int], delta: torch.Tenso
 
     Args:
         layer: ``nn.Conv2d`` (``groups == 1``) or ``nn.Linear``.
-        x_shape: the layer input's shape, ``[N, C, H, W]`` or ``[N, F]``.
-        delta: ``dL/dy``, ``[N, O, Ho, Wo]`` or ``[N, O]``.
+        x_shape: the layer input's shape, ``[N, C, H, W]`` or ``[N, F]`` (``[N, ..., F]`` for tokens).
+        delta: ``dL/dy``, ``[N, O, Ho, Wo]`` or ``[N, O]`` (``[N, ..., O]``).
 
     Returns:
-        ``D``: ``[O * kh * kw, N * H * W]`` (conv) or ``[O, N]`` (linear), float64; rows are the weight
-        gradient entries of one input channel (order ``o, u, v``), columns that channel's input values
-        (order ``n, i, j``).
+        ``D``: ``[O * kh * kw, N * H * W]`` (conv) or ``[O, N]`` (linear; ``[O, N * T]`` for T tokens),
+        float64; rows are the weight gradient entries of one input channel (order ``o, u, v``), columns that
+        channel's input values (order ``n, i, j``).
 
     Example:
         >>> D = gradient_system(nn.Linear(3, 2), (1, 3), torch.tensor([[1.0, 2.0]]))   # [[1], [2]]
     """
     delta = delta.detach().double()
-    if isinstance(layer, nn.Linear):
-        return delta.t().contiguous()
+    if isinstance(layer, nn.Linear):  # tokens ([N, T, F] inputs, as in a transformer) are columns too
+        return delta.reshape(-1, delta.shape[-1]).t().contiguous()
     if not isinstance(layer, nn.Conv2d) or layer.groups != 1 or isinstance(layer.padding, str):
         raise SegauditError(f"gradient_system handles nn.Linear and nn.Conv2d with groups=1 and numeric "
                             f"padding, got {layer}")
@@ -130,8 +130,10 @@ def analytic_scorer(ctx: ScoringContext, group) -> dict[str, Any]:
         if not param.endswith(".weight") or module_name not in io:
             continue
         x_shape, delta = io[module_name]
-        stats = analyze_system(gradient_system(modules[module_name], x_shape, delta), channels=int(x_shape[1]))
-        row = {"name": param, "shape": list(modules[module_name].weight.shape), **stats,
+        layer = modules[module_name]
+        channels = int(x_shape[-1] if isinstance(layer, nn.Linear) else x_shape[1])
+        stats = analyze_system(gradient_system(layer, x_shape, delta), channels=channels)
+        row = {"name": param, "shape": list(layer.weight.shape), **stats,
                "exposure": analytic_exposure(stats["rank_deficiency"], stats["condition"])}
         rows.append(row)
         if best is None or row["exposure"] > best["exposure"]:

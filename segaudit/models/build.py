@@ -9,9 +9,10 @@ from torch import nn
 from segaudit.errors import SegauditError
 
 from .activations import check_no_relu, replace_relu_with_sigmoid
-from .catalog import SEGMENTATION_ARCHS, canonical_arch, task_of
+from .catalog import MONAI_ARCHS, SEGMENTATION_ARCHS, canonical_arch, task_of
 from .classifiers import build_classifier
 from .dp_compatible import make_private_model
+from .monai_nets import build_monai
 from .preprocessing import SEGAUDIT_DEFAULT, Preprocessing
 from .segmentation import build_smp
 from .sizes import smp_facts
@@ -43,9 +44,10 @@ def build_model(
 
     Args:
         arch: a name of :func:`available_archs`, case-insensitive (``"unet"``, ``"deeplabv3plus"``,
-            ``"lenet"``, ...).
+            ``"monai.unet"``, ``"lenet"``, ...). ``monai.*`` names build MONAI's 2-D networks
+            (:mod:`segaudit.models.monai_nets`; ``pip install 'segaudit[monai]'``).
         encoder: smp encoder name for segmentation (default ``"resnet18"``; e.g. ``"efficientnet-b0"``,
-            ``"mobilenet_v2"``, ``"tu-<timm model>"``); must be ``None`` for classification.
+            ``"mobilenet_v2"``, ``"tu-<timm model>"``); must be ``None`` for MONAI and classification.
         in_channels: C, channels of the input images.
         classes: K, output classes (mask channels for segmentation).
         activation: ``"relu"`` (default; ``"sigmoid"`` for LeNet) or ``"sigmoid"``, which replaces every
@@ -58,7 +60,7 @@ def build_model(
             (see :mod:`segaudit.preprocessing`); default segaudit's own, ``(x - 0.5) / 0.5``.
         **options: JSON-able constructor options, e.g. ``decoder_channels=[128, 64, 32, 16, 8]``,
             ``encoder_depth=4`` (smp), ``head_activation="sigmoid"`` (smp's output ``activation``),
-            ``size=28`` (LeNet).
+            ``channels=[8, 16, 32]``/``strides=[2, 2]`` (``monai.unet``), ``size=28`` (LeNet).
 
     Returns:
         The model, in train mode, with ``model.segaudit_spec`` set. Segmentation: ``[N, C, H, W]`` ->
@@ -83,6 +85,11 @@ def build_model(
         encoder = encoder or "resnet18"
         model = build_smp(name, encoder, in_channels, classes, encoder_weights, options)
         _freeze(model, smp_facts(name, encoder, options).unused)
+    elif name in MONAI_ARCHS:
+        if encoder is not None:
+            raise SegauditError(f"{name} takes no encoder (its options set its widths, e.g. channels or "
+                                f"feature_size); drop --encoder")
+        model = build_monai(name, in_channels, classes, options)
     else:
         model = build_classifier(name, encoder, in_channels, classes, activation, encoder_weights, options)
     spec = {

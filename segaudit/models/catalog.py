@@ -1,4 +1,4 @@
-"""Architecture names segaudit builds, and the lazily imported libraries that build them.
+"""Architecture names segaudit builds (smp, MONAI, classifiers), and the lazily imported libraries that build them.
 
 smp (through timm) and torchvision take seconds to import, so :func:`import_smp` and
 :func:`import_torchvision_models` import them on first use, after patching torchvision for a CPU torch.
@@ -23,8 +23,18 @@ SEGMENTATION_ARCHS: dict[str, str] = {
     "upernet": "UPerNet",
     "segformer": "Segformer",
 }
+# Our names -> classes of monai.networks.nets, built 2-D (segaudit.models.monai_nets).
+MONAI_ARCHS: dict[str, str] = {
+    "monai.unet": "UNet",
+    "monai.basicunet": "BasicUNet",
+    "monai.attentionunet": "AttentionUnet",
+    "monai.segresnet": "SegResNet",
+    "monai.swinunetr": "SwinUNETR",
+}
 CLASSIFICATION_ARCHS: tuple[str, ...] = ("lenet", "resnet18", "densenet121", "inception_v3")
-_ARCH_ALIASES = {"unet++": "unetplusplus", "deeplabv3+": "deeplabv3plus", "inceptionv3": "inception_v3"}
+_ARCH_ALIASES = {"unet++": "unetplusplus", "deeplabv3+": "deeplabv3plus", "inceptionv3": "inception_v3",
+                 "monai.basic_unet": "monai.basicunet", "monai.attention_unet": "monai.attentionunet",
+                 "monai.seg_resnet": "monai.segresnet", "monai.swin_unetr": "monai.swinunetr"}
 ARCH_BY_SMP_CLASS = {cls: arch for arch, cls in SEGMENTATION_ARCHS.items()}
 
 
@@ -51,7 +61,7 @@ def available_archs() -> dict[str, list[str]]:
         ``{"segmentation": [...], "classification": [...]}``; names are case-insensitive in
         :func:`build_model`.
     """
-    return {"segmentation": list(SEGMENTATION_ARCHS), "classification": list(CLASSIFICATION_ARCHS)}
+    return {"segmentation": [*SEGMENTATION_ARCHS, *MONAI_ARCHS], "classification": list(CLASSIFICATION_ARCHS)}
 
 
 def canonical_arch(arch: str) -> str:
@@ -60,7 +70,7 @@ def canonical_arch(arch: str) -> str:
         raise SegauditError(f"model arch must be a name, got {arch!r}")
     name = arch.strip().lower().replace("-", "_")
     name = _ARCH_ALIASES.get(name, name)
-    if name in SEGMENTATION_ARCHS or name in CLASSIFICATION_ARCHS:
+    if name in SEGMENTATION_ARCHS or name in MONAI_ARCHS or name in CLASSIFICATION_ARCHS:
         return name
     archs = available_archs()
     raise SegauditError(
@@ -71,7 +81,7 @@ def canonical_arch(arch: str) -> str:
 
 def task_of(arch: str) -> str:
     """``"segmentation"`` or ``"classification"`` for a canonical arch name."""
-    return "segmentation" if arch in SEGMENTATION_ARCHS else "classification"
+    return "segmentation" if arch in SEGMENTATION_ARCHS or arch in MONAI_ARCHS else "classification"
 
 
 def first_line(error: BaseException) -> str:

@@ -33,7 +33,7 @@ def save_model(model: nn.Module, folder: str | Path) -> Path:
     """Save weights and spec to ``folder`` in a format :func:`load_model` (and smp) reads back.
 
     smp models: ``save_pretrained`` (``config.json`` + ``model.safetensors`` + model card) plus
-    ``segaudit.json``; classifiers: ``model.safetensors`` + ``segaudit.json``.
+    ``segaudit.json``; MONAI networks and classifiers: ``model.safetensors`` + ``segaudit.json``.
 
     The files are written aside and renamed in: a new folder appears whole, an existing one gets whole files
     (its other files stay).

@@ -7,7 +7,8 @@ from typing import Literal
 
 from torch import nn
 
-from .catalog import ARCH_BY_SMP_CLASS
+from .catalog import ARCH_BY_SMP_CLASS, MONAI_ARCHS
+from .monai_nets import monai_group
 from .spec import model_task, unwrap
 
 GroupKind = Literal["encoder", "decoder", "skip", "head", "other"]
@@ -175,6 +176,9 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
           Unet concatenates them into the input of ``decoder.blocks.i.conv1`` (the skip path can be
           scored by slicing that conv's input channels), Linknet adds them.
         * ``segmentation_head`` / ``classification_head``: kind ``"head"``.
+        * MONAI networks (:func:`segaudit.models.monai_nets.monai_group`): one group per level of down blocks
+          (encoder), up blocks (decoder) and the output block (head); the attention gates' ``W_x`` of
+          ``monai.attentionunet`` and ``encoder1..4`` of ``monai.swinunetr`` process skip features (skip).
         * Anything else: grouped by module path, kind by top-level name (``"other"`` if unknown); a
           module segaudit did not build and smp did not make gets kind ``"other"`` (``fc``/``classifier``:
           ``"head"``).
@@ -192,11 +196,15 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
     """
     inner, prefix = unwrap(model)
     order = {name: i for i, (name, _) in enumerate(inner.named_parameters())}
+    arch = _arch_of(inner)
+    if arch in MONAI_ARCHS:
+        groups = {param: monai_group(arch, param) for param in order}
+        return _collect({param: (name, kind) for param, (kind, name) in groups.items()}, order, prefix)
     assigned: dict[str, tuple[str, GroupKind]] = {}
     task = model_task(inner)
     segmentation = task == "segmentation"
     if segmentation:
-        rules = _HEAD_RULES + _decoder_rules(_arch_of(inner), inner)
+        rules = _HEAD_RULES + _decoder_rules(arch, inner)
     else:
         rules = _CLASSIFIER_HEAD_RULES
     for param in order:

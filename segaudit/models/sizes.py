@@ -13,8 +13,9 @@ from torch import nn
 
 from segaudit.errors import SegauditError
 
-from .catalog import canonical_arch
+from .catalog import MONAI_ARCHS, canonical_arch
 from .classifiers import pair
+from .monai_nets import monai_stride
 from .segmentation import build_smp
 from .spec import jsonable, model_spec
 
@@ -67,6 +68,10 @@ def size_rules(arch: str, encoder: str | None = None, **options: Any) -> SizeRul
         return SizeRules(output_stride=4, multiple=1, min_size=min(height, width), fixed_size=(height, width))
     if name in _CLASSIFIER_SIZES:
         return _CLASSIFIER_SIZES[name]
+    if name in MONAI_ARCHS:
+        stride = monai_stride(name, options)
+        # InstanceNorm (and BatchNorm in train mode) needs more than one value per channel: a 2x2 deepest map
+        return SizeRules(output_stride=stride, multiple=stride, min_size=2 * stride)
     stride, divisible, _ = smp_facts(name, encoder or "resnet18", options)
     return SizeRules(
         output_stride=stride,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import SegauditError
+from ..models.dp_compatible import check_per_sample_layout
 
 #: Per-sample gradient modes of Opacus; "hooks" is the fastest on the smp U-Net (``bench/dp_speed.py``).
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
@@ -19,6 +20,7 @@ def check_private_model(model: nn.Module) -> None:
     """Refuse a model Opacus cannot compute per-sample gradients for (e.g. one with BatchNorm)."""
     from opacus.validators import ModuleValidator
 
+    check_per_sample_layout(model)
     # the mode is the caller's business (a client sets it; train_private refuses eval mode itself)
     errors = [e for e in ModuleValidator.validate(model, strict=False) if "training mode" not in str(e)]
     if errors:
