@@ -154,7 +154,7 @@ class UpdateMeta:
         defense: name and parameters of the defense applied, for an adaptive attacker.
     """
 
-    mode: Literal["fedsgd", "fedavg"]
+    mode: FLMode
     batch_size: int
     loss: str = "ce"
     reduction: Literal["mean", "sum"] = "mean"
