@@ -1,6 +1,9 @@
 """``segaudit attack``: reconstruct a client's images and masks from its update."""
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import torch
 
 from ..attacks import ATTACKS
@@ -11,10 +14,11 @@ from ..checks import check_model_fits_data
 from ..data import load_dataset, make_batch
 from ..errors import SegauditError
 from ..io import atomic_dir, check_out_dir, write_json
-from ..models import is_segmentation, model_spec
+from ..models import is_segmentation, load_model, model_spec
 from ..preprocessing import normalisation
-from ..report.plots import reconstruction_grid
-from ..types import Batch
+from ..report.plots import reconstruction_grid, reconstruction_only_grid
+from ..types import Batch, Prior
+from ..updates import load_update
 from .inputs import attack_data, batch_fit, batch_stride, environment, model_for
 from .options import (
     add_command,
@@ -40,6 +44,10 @@ def add_attack_parser(sub) -> None:
                    "attacker's prior and the candidates it must re-identify the client's image among (default: the "
                    "other images of --data; none with --image)")
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--update", metavar="FILE", help="attack this saved update (.safetensors, e.g. one Flower sent, "
+                   "captured by segaudit.integrations.flower.capture_mod) instead of simulating one from --data: "
+                   "needs --model (the global model it was computed on) and --size; with no truth to compare, "
+                   "result.json has no scores and reconstruction.png shows the reconstruction only")
     add_protocol_args(p)
     p.add_argument("--attack", choices=ATTACKS.available(), default="seg")
     p.add_argument("--steps", type=int,
@@ -95,6 +103,8 @@ def cmd_attack(args) -> int:
     budget = {"steps": args.steps} if args.steps is not None else {}
     ATTACKS.create(args.attack, restarts=args.restarts, **budget)  # refuses a bad budget before any work
     out = check_out_dir(args.out, args.force)
+    if args.update:
+        return _attack_saved_update(args, out, budget)
     data = attack_data(args)
     model = model_for(args, data)
     batch = _attack_batch(args, data, model)
@@ -126,4 +136,38 @@ def cmd_attack(args) -> int:
     scaled = f"; images scaled and padded to {args.size} px (smallest side {data.min_size})" \
         if result["fit"] == "resize" else ""
     print(f"{args.attack}: {rec.status}; {shown} ({outcome.runtime_s:.0f} s){scaled} -> {out}")
+    return 0
+
+
+def _attack_saved_update(args, out, budget: dict) -> int:
+    """``--update``: attack a saved update with the global model it was computed on. There is no client batch, so
+    nothing to score: result.json records the reconstruction's status and losses, reconstruction.png shows it."""
+    if not args.model:
+        raise SegauditError("--update needs --model, the global model the update was computed on")
+    if args.image or args.mask:
+        raise SegauditError("--update attacks a saved update: drop --image/--mask (there is no batch to simulate)")
+    model = load_model(args.model)
+    update = load_update(args.update)
+    spec, norm = model_spec(model), normalisation(model)
+    prior = Prior((spec["in_channels"], args.size, args.size), update.meta.batch_size, spec["classes"], spec["task"],
+                  norm["mean"], norm["std"])
+    attacker = ATTACKS.create(args.attack, restarts=args.restarts, seed=args.seed, show_progress=not args.quiet,
+                              **budget)
+    if attacker.threat != HONEST_SERVER:
+        raise SegauditError(f"the {args.attack} attack sends the client a model of its own, but a saved update was "
+                            "computed on the global model; use an honest-server attack (seg, ig, dlg)")
+    start = time.perf_counter()
+    rec = attacker.run(model, update, prior)
+    seconds = time.perf_counter() - start
+    result = {"attack": args.attack, "threat": attacker.threat, "update": str(args.update), "arch": spec["arch"],
+              "meta": dataclasses.asdict(update.meta), "size": args.size, "seed": args.seed, "runtime_s": seconds,
+              "status": rec.status, "metrics": None, "restart_losses": rec.restart_losses,
+              "restart_status": rec.restart_status, **environment()}
+    if "composition" in rec.extras:
+        result["composition"] = rec.extras["composition"].tolist()
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "result.json", result)
+        reconstruction_only_grid(rec, norm["mean"], norm["std"], tmp / "reconstruction.png", spec["classes"],
+                                 title=f"{args.attack} on a saved {update.kind} update, batch {update.meta.batch_size}")
+    print(f"{args.attack}: {rec.status} on {args.update} (no truth, so no scores; {seconds:.0f} s) -> {out}")
     return 0

@@ -2,8 +2,8 @@
 
 Install with ``pip install 'segaudit[nvflare]'``. The filter scores each outgoing weight difference (a DXO of kind
 ``WEIGHT_DIFF``, name -> array) with :func:`segaudit.leakage.gate_update` and blocks it (the server receives
-``TASK_RESULT_FILTER_ERROR`` instead of the update) or flags it (the DXO's meta gets ``segaudit_risk`` and
-``segaudit_blocked``). Client job config::
+``TASK_RESULT_FILTER_ERROR`` instead of the update) or flags it (the DXO's meta gets ``segaudit_risk``,
+``segaudit_blocked`` and ``segaudit_above``). Client job config::
 
     "task_result_filters": [{"tasks": ["train"], "filters": [{"path":
         "segaudit.integrations.nvflare.LeakageGateFilter", "args": {"model": ..., "size": 64}}]}]
@@ -33,19 +33,9 @@ from ..fl import trainable_params
 from ..leakage import gate_update
 from ..leakage.report import GateResult
 from ..types import CLIENT_MODES, ClientUpdate, UpdateMeta
+from .gating import blocked_reason, check_gate_arguments
 
-ACTIONS = ("block", "flag")
-RISK_KEY, BLOCKED_KEY = "segaudit_risk", "segaudit_blocked"
-
-
-def check_gate_arguments(size: int, threshold: float, action: str) -> None:
-    """Refuse a gate that could never decide: a size below 1, a threshold outside [0, 1], an unknown action."""
-    if not (isinstance(size, int) and size >= 1):
-        raise SegauditError(f"size must be a positive number of pixels, got {size!r}")
-    if not 0 <= threshold <= 1:
-        raise SegauditError(f"threshold must be in [0, 1], got {threshold}")
-    if action not in ACTIONS:
-        raise SegauditError(f"action must be 'block' or 'flag', got {action!r}")
+RISK_KEY, BLOCKED_KEY, ABOVE_KEY = "segaudit_risk", "segaudit_blocked", "segaudit_above"
 
 
 class LeakageGateFilter(DXOFilter):
@@ -104,6 +94,7 @@ class LeakageGateFilter(DXOFilter):
         blocked = self.last.above and self.action == "block"
         dxo.set_meta_prop(RISK_KEY, float(self.last.risk))
         dxo.set_meta_prop(BLOCKED_KEY, int(blocked))
+        dxo.set_meta_prop(ABOVE_KEY, int(self.last.above))
         return dxo
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
@@ -115,9 +106,7 @@ class LeakageGateFilter(DXOFilter):
         if self.last is not None and self.last.above and self.action == "block":
             reply = make_reply(ReturnCode.TASK_RESULT_FILTER_ERROR)
             reply.set_header(RISK_KEY, float(self.last.risk))
-            reply.set_header("segaudit_reason", f"segaudit leakage gate blocked the update: risk "
-                             f"{self.last.risk:.2f} > {self.threshold:.2f} (riskiest: "
-                             f"{', '.join(self.last.riskiest) or 'none'})")
+            reply.set_header("segaudit_reason", blocked_reason(self.last))
             return reply
         return out
 

@@ -79,6 +79,31 @@ def reconstruction_grid(batch: Batch, rec: Reconstruction, path: str | Path, tit
     return _save(fig, path, top=1 - 0.3 / fig.get_figheight() if title else 1.0)  # 0.3 in for the title
 
 
+def reconstruction_only_grid(rec: Reconstruction, mean, std, path: str | Path, classes: int, title: str = "") -> Path:
+    """One row per reconstructed image: the image, then its mask (segmentation); for an update with no truth."""
+    plt = pyplot()
+    n = int(rec.images.shape[0]) if rec.images is not None else 1
+    cols = ["reconstruction"] + (["recovered mask"] if rec.masks is not None else [])
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.0 * len(cols), 2.1 * n), squeeze=False)
+    found = denormalize(rec.images.detach(), mean, std) if rec.images is not None else None
+    for i in range(n):
+        for j, ax in enumerate(axes[i]):
+            ax.set_axis_off()
+            if i == 0:
+                ax.set_title(cols[j], fontsize=9)
+            if found is None:
+                ax.text(0.5, 0.5, "no valid\nreconstruction", ha="center", va="center", fontsize=8)
+            elif j == 0:
+                panel = _show(found[i])
+                ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=1)
+            else:
+                ax.imshow(rec.masks[i].numpy(), cmap="viridis", vmin=0, vmax=max(classes - 1, 1),
+                          interpolation="nearest")
+    if title:
+        fig.suptitle(title, fontsize=9, parse_math=False)
+    return _save(fig, path, top=1 - 0.3 / fig.get_figheight() if title else 1.0)
+
+
 def layer_scores_chart(report, path: str | Path) -> Path:
     """Horizontal bars of each layer group's combined leakage score (a ``LayerReport``), model order."""
     plt = pyplot()

@@ -6,7 +6,10 @@ import sys
 import pytest
 
 from segaudit.cli import build_parser, main
-from segaudit.updates import load_update
+from segaudit.data import make_batch
+from segaudit.fl import client_update
+from segaudit.models import save_model
+from segaudit.updates import load_update, save_update
 
 COMMANDS = ["attack", "train", "update", "demo", "info", "privacy", "tradeoff", "layers", "check-update", "infer",
             "audit", "report", "sweep"]
@@ -137,3 +140,25 @@ def test_attack_cli_bad_inputs(tmp_path, args, match):
                 cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and match in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_attack_on_a_saved_update_rebuilds_without_truth(tiny_unet, nuclei, tmp_path, capsys):
+    model = tiny_unet()
+    save_model(model, tmp_path / "global")
+    batch = make_batch(nuclei, [0, 1], size=32, fit="crop", seed=0)
+    save_update(client_update(model, batch, mode="fedavg", local_steps=2), tmp_path / "u.safetensors")
+    args = ["attack", "--model", str(tmp_path / "global"), "--update", str(tmp_path / "u.safetensors"), "--size", "32",
+            "--steps", "3", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    result = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert result["status"] == "ok" and result["metrics"] is None and result["meta"]["batch_size"] == 2
+    assert result["meta"]["mode"] == "fedavg" and len(result["restart_losses"]) == 1
+    assert (tmp_path / "a" / "reconstruction.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main([*args[:1], *args[3:], "--out", str(tmp_path / "b")]) == 2  # no --model
+    assert main([*args, "--attack", "imprint", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --update needs --model, the global model the update was computed on",
+                   "error: the imprint attack sends the client a model of its own, but a saved update was computed "
+                   "on the global model; use an honest-server attack (seg, ig, dlg)"]
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

@@ -45,7 +45,8 @@ def test_flag_keeps_the_update_and_records_the_risk(tiny_unet, nuclei):
     gate = LeakageGateFilter(copy.deepcopy(model), size=32, action="flag", batch_size=1)  # N from the filter
     out = from_shareable(gate.process(dxo.to_shareable(), FLContext()))
     assert out.get_meta_prop("segaudit_risk") == pytest.approx(gate.last.risk) and gate.last.above
-    assert out.get_meta_prop("segaudit_blocked") == 0 and "LeakageGateFilter" in out.get_filter_history()
+    assert out.get_meta_prop("segaudit_blocked") == 0 and out.get_meta_prop("segaudit_above") == 1
+    assert "LeakageGateFilter" in out.get_filter_history()
 
 
 def test_weights_results_and_foreign_tensors_are_refused(tiny_unet, nuclei):
