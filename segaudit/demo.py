@@ -2,7 +2,7 @@
 
 Two models (U-Net and DeepLabV3+, resnet18, trained here), FedSGD and FedAvg at batch 1 and 4, inference
 attacks, per-layer scores, and the defense trade-off with DP-SGD, 3 images per cell, clients in train mode — on
-a budget of about 40 CPU-minutes (``quick``: one model, 1 image per cell, about 1 minute).
+a budget that takes over an hour on 2 CPU cores (``quick``: one model, 1 image per cell, 3–4 minutes).
 """
 from __future__ import annotations
 
