@@ -16,7 +16,7 @@ from segaudit.errors import SegauditError
 from segaudit.models.activations import relu_calls
 from segaudit.models.catalog import import_smp
 
-SEGMENTATION = M.available_archs()["segmentation"]
+SEGMENTATION = list(M.SEGMENTATION_ARCHS)  # smp's; the MONAI networks: tests/models/test_monai.py
 CLASSIFICATION = M.available_archs()["classification"]
 KINDS = {"encoder", "decoder", "skip", "head", "other"}
 # aten ops a ReLU/ReLU6 lowers to, whether called as a module, F.relu or Tensor.relu_.
