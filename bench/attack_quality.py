@@ -50,7 +50,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{args.attack} attack, {args.steps} steps x {args.restarts} restart(s), {args.arch}-resnet18, "
+    net = args.arch if args.arch.lower().startswith("monai.") else f"{args.arch}-resnet18"
+    print(f"{args.attack} attack, {args.steps} steps x {args.restarts} restart(s), {net}, "
           f"{args.images} client batches per row, {torch.get_num_threads()} thread(s)")
     print("| data | weights | client | protocol | batch | px | " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * (6 + len(COLUMNS)))

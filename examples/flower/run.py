@@ -122,6 +122,9 @@ def collect(out: Path) -> list[dict]:
 
 def run(args: argparse.Namespace) -> int:
     sizes = check_args(args)
+    from segaudit.integrations.gating import require_extra
+
+    require_extra("flwr", "flower")
     from app import client_app, client_images, server_app, small_unet  # noqa: I001 (this folder, on sys.path)
     from segaudit.data import load_dataset
     from segaudit.io import atomic_dir, check_out_dir, check_replaceable, write_json

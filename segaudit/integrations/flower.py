@@ -54,9 +54,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Context, Error, Message, MessageType, MetricRecord
-from flwr.clientapp.typing import ClientAppCallable, Mod
-from flwr.common.constant import ErrorCode
 from torch import nn
 
 from ..errors import SegauditError
@@ -66,7 +63,13 @@ from ..leakage import DEFAULT_THRESHOLD, gate_update
 from ..losses import LOSSES
 from ..types import CLIENT_MODE, CLIENT_MODES, ClientUpdate, UpdateMeta
 from ..updates import save_update
-from .gating import ACTIONS, blocked_reason, check_gate_arguments
+from .gating import ACTIONS, blocked_reason, check_gate_arguments, require_extra
+
+require_extra("flwr", "flower")  # before flwr is imported: one line instead of an ImportError
+
+from flwr.app import ArrayRecord, Context, Error, Message, MessageType, MetricRecord  # noqa: E402
+from flwr.clientapp.typing import ClientAppCallable, Mod  # noqa: E402
+from flwr.common.constant import ErrorCode  # noqa: E402
 
 __all__ = ["ACTIONS", "KEY_BATCH_SIZE", "KEY_BLOCKED", "KEY_CLIENT_MODE", "KEY_LOCAL_STEPS", "KEY_LOSS", "KEY_LR",
            "KEY_NUM_EXAMPLES", "KEY_RISK", "KEY_ROUND", "capture_mod", "decision_name", "leakage_gate_mod",
@@ -303,11 +306,14 @@ def _reply_metrics(reply: Message) -> MetricRecord | None:
 
 
 def _tensor(record: ArrayRecord, name: str, like: torch.Tensor) -> torch.Tensor:
-    """``record[name]`` as a tensor, refused unless it has ``like``'s shape."""
+    """``record[name]`` as a tensor, refused unless it has ``like``'s shape and dtype."""
     value = torch.from_numpy(record[name].numpy())
     if value.shape != like.shape:
         raise SegauditError(f"array {name!r} has shape {tuple(value.shape)} but the model's has {tuple(like.shape)}: "
                             "the weights were made for another model")
+    if value.dtype != like.dtype:
+        raise SegauditError(f"array {name!r} has dtype {str(value.dtype)[6:]} but the model's has "
+                            f"{str(like.dtype)[6:]}: the weights were cast or made for another model")
     return value
 
 

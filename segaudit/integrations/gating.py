@@ -1,6 +1,7 @@
 """What the framework gates share: their actions, the check of their arguments and the reason a block gives."""
 from __future__ import annotations
 
+import importlib.util
 import numbers
 
 from ..errors import SegauditError
@@ -8,6 +9,13 @@ from ..leakage.report import GateResult
 
 ACTIONS = ("block", "flag")
 """What a gate does with an update above its threshold: replace it by an error reply, or only report it."""
+
+
+def require_extra(package: str, extra: str) -> None:
+    """Refuse, in one line, to go on without the framework ``package`` that the extra ``extra`` installs."""
+    if importlib.util.find_spec(package) is None:
+        raise SegauditError(f"segaudit.integrations.{extra} needs pip install 'segaudit[{extra}]' ({package} is not "
+                            "installed)")
 
 
 def check_gate_arguments(size: int, threshold: float, action: str) -> None:

@@ -21,11 +21,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
-from nvflare.apis.dxo_filter import DXOFilter
-from nvflare.apis.fl_constant import ReturnCode
-from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import Shareable, make_reply
 from torch import nn
 
 from ..errors import SegauditError
@@ -33,7 +28,15 @@ from ..fl import trainable_params
 from ..leakage import gate_update
 from ..leakage.report import GateResult
 from ..types import CLIENT_MODES, ClientUpdate, UpdateMeta
-from .gating import blocked_reason, check_gate_arguments
+from .gating import blocked_reason, check_gate_arguments, require_extra
+
+require_extra("nvflare", "nvflare")  # before nvflare is imported: one line instead of an ImportError
+
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable  # noqa: E402
+from nvflare.apis.dxo_filter import DXOFilter  # noqa: E402
+from nvflare.apis.fl_constant import ReturnCode  # noqa: E402
+from nvflare.apis.fl_context import FLContext  # noqa: E402
+from nvflare.apis.shareable import Shareable, make_reply  # noqa: E402
 
 RISK_KEY, BLOCKED_KEY, ABOVE_KEY = "segaudit_risk", "segaudit_blocked", "segaudit_above"
 

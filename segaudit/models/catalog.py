@@ -72,6 +72,9 @@ def canonical_arch(arch: str) -> str:
     name = _ARCH_ALIASES.get(name, name)
     if name in SEGMENTATION_ARCHS or name in MONAI_ARCHS or name in CLASSIFICATION_ARCHS:
         return name
+    if name.startswith("monai."):
+        raise SegauditError(f"segaudit does not build MONAI's {arch.strip()[6:]!r}: it audits 2-D segmentation "
+                            f"networks and builds these of MONAI's: {', '.join(MONAI_ARCHS)} (no 3-D-only network)")
     archs = available_archs()
     raise SegauditError(
         f"unknown model arch {arch!r}; available: segmentation: {', '.join(archs['segmentation'])}; "

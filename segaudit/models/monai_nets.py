@@ -32,7 +32,7 @@ def import_monai_nets():
     try:
         from monai.networks import nets
     except ImportError:
-        raise SegauditError("MONAI networks need MONAI: pip install 'segaudit[monai]'") from None
+        raise SegauditError("MONAI's networks need pip install 'segaudit[monai]'") from None
     return nets
 
 

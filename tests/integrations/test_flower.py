@@ -1,6 +1,7 @@
 """The Flower mods (segaudit.integrations.flower) on hand-built Flower messages, and the example app
 (examples/flower) in Flower's simulation engine: the gate blocks the batch-1 client, passes the batch-8 one, and
 FedAvg's global model is what passed."""
+import importlib
 import json
 import os
 import re
@@ -61,8 +62,9 @@ class Client:
     """A real ``call_next``: FedAvg on the first ``n`` nuclei images (segaudit's client), replying with the received
     weights plus the delta, the client's buffers and ``num-examples`` (``metrics=False``: no MetricRecord)."""
 
-    def __init__(self, model, nuclei, n, metrics=True, drop=None, add=None):
+    def __init__(self, model, nuclei, n, metrics=True, drop=None, add=None, change=None):
         self.model, self.nuclei, self.n, self.metrics, self.drop, self.add = model, nuclei, n, metrics, drop, add
+        self.change = change  # name -> how the sent array is altered
         self.calls, self.update = 0, None
 
     def __call__(self, msg, ctxt):
@@ -76,6 +78,8 @@ class Client:
             del state[self.drop]
         if self.add:
             state[self.add] = torch.zeros(1)
+        for name, alter in (self.change or {}).items():
+            state[name] = alter(state[name])
         content = RecordDict({"arrays": ArrayRecord(state)})
         if self.metrics:
             content["metrics"] = MetricRecord({"num-examples": self.n})
@@ -179,6 +183,25 @@ def test_reply_arrays_that_do_not_match_the_received_ones_are_refused(model, nuc
     assert reply.error.code == ErrorCode.MOD_FAILED_PRECONDITION
     assert reply.error.reason == ("segaudit leakage gate: the reply's ArrayRecord does not match the received one: "
                                   f"it {what}")
+
+
+@pytest.mark.parametrize("alter, what", [
+    (lambda t: t[:1], r"has shape \(1, 1, 7, 7\) but the model's has \(64, 1, 7, 7\)"),
+    (lambda t: t.double(), "has dtype float64 but the model's has float32"),
+])
+def test_a_sent_array_of_another_shape_or_dtype_is_named_and_never_passed(model, nuclei, alter, what):
+    reply = leakage_gate_mod(model, SIZE, action="flag")(
+        train_message(model), context(), Client(model, nuclei, 8, change={"encoder.conv1.weight": alter}))
+    assert reply.has_error() and reply.error.code == ErrorCode.MOD_FAILED_PRECONDITION
+    assert re.search(f"segaudit leakage gate: array 'encoder.conv1.weight' {what}", reply.error.reason)
+
+
+def test_a_missing_extra_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flwr", None)  # as if flwr were not installed
+    monkeypatch.delitem(sys.modules, "segaudit.integrations.flower")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flwr" else object())
+    with pytest.raises(SegauditError, match=r"^segaudit.integrations.flower needs pip install 'segaudit\[flower\]'"):
+        importlib.import_module("segaudit.integrations.flower")
 
 
 def test_the_capture_file_holds_what_the_reply_sends_minus_what_was_received(model, nuclei, tmp_path):

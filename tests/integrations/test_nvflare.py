@@ -1,5 +1,7 @@
 """The NVFlare task-result filter, with NVFlare's own DXO, Shareable and FLContext."""
 import copy
+import importlib
+import sys
 
 import pytest
 import torch
@@ -59,6 +61,14 @@ def test_weights_results_and_foreign_tensors_are_refused(tiny_unet, nuclei):
                          meta={"segaudit_batch_size": 1}).to_shareable(), FLContext())
     with pytest.raises(SegauditError, match="how many samples are behind the update"):
         gate.process(DXO(DataKind.WEIGHT_DIFF, dxo.data).to_shareable(), FLContext())
+
+
+def test_a_missing_extra_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nvflare", None)  # as if nvflare were not installed
+    monkeypatch.delitem(sys.modules, "segaudit.integrations.nvflare")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nvflare" else object())
+    with pytest.raises(SegauditError, match=r"^segaudit.integrations.nvflare needs pip install 'segaudit\[nvflare\]'"):
+        importlib.import_module("segaudit.integrations.nvflare")
 
 
 def test_global_weights_reach_the_model(tiny_unet):

@@ -1,6 +1,7 @@
 """MONAI's 2-D networks through build_model: names, options, sizes, layer groups, checkpoints, attacks, the gate,
 layer scores and DP-SGD (Opacus's own per-sample-gradient check)."""
 import copy
+import sys
 
 import pytest
 import torch
@@ -35,6 +36,13 @@ def small(arch, classes=3):
     return build_model(arch, in_channels=1, classes=classes, **options), size
 
 
+def test_a_missing_monai_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "monai", None)  # as if MONAI were not installed
+    monkeypatch.setitem(sys.modules, "monai.networks", None)
+    with pytest.raises(SegauditError, match=r"^MONAI's networks need pip install 'segaudit\[monai\]'$"):
+        build_model("monai.unet", in_channels=1, classes=2)
+
+
 def test_every_monai_network_is_listed_and_names_are_case_insensitive():
     assert set(SMALL) <= set(available_archs()["segmentation"])
     model = build_model("MONAI.UNet", in_channels=1, classes=2, channels=[4, 8], strides=[2])
@@ -44,7 +52,9 @@ def test_every_monai_network_is_listed_and_names_are_case_insensitive():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"arch": "monai.vnet"}, "unknown model arch 'monai.vnet'; available: .*monai.unet, monai.basicunet"),
+    ({"arch": "monai.vnet"}, "does not build MONAI's 'vnet': it audits 2-D segmentation networks and builds these "
+                             "of MONAI's: monai.unet, monai.basicunet, .*no 3-D-only network"),
+    ({"arch": "monai"}, "unknown model arch 'monai'; available: .*monai.unet"),
     ({"arch": "monai.unet", "colour": 3}, "monai.unet takes no option 'colour'; options: .*channels"),
     ({"arch": "monai.unet", "spatial_dims": 3}, "takes no option 'spatial_dims'"),
     ({"arch": "monai.unet", "encoder": "resnet18"}, "monai.unet takes no encoder"),
