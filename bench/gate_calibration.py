@@ -65,8 +65,9 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, key, label in ((axes[0], "identification", "re-identification rate"),
                            (axes[1], "psnr_gain", "PSNR gain over the baseline (dB)")):
         for (mode, client), marker in zip(itertools.product(("fedsgd", "fedavg"), ("train", "eval")), "os^v"):
-            pick = [r for r in rows if r["mode"] == mode and r["client_mode"] == client]
-            ax.scatter([r["risk"] for r in pick], [r[key] or 0 for r in pick], marker=marker, alpha=0.7,
+            # re-identification is undefined without distractors (a batch holding every image of the data)
+            pick = [r for r in rows if r["mode"] == mode and r["client_mode"] == client and r[key] is not None]
+            ax.scatter([r["risk"] for r in pick], [r[key] for r in pick], marker=marker, alpha=0.7,
                        label=f"{mode}, {client} mode")
         ax.axvline(0.5, color="grey", lw=0.8, ls="--")
         ax.set_xlabel("gate risk")
