@@ -16,7 +16,6 @@ determined inputs depends on the architecture and N only.
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 
 import numpy as np
@@ -27,7 +26,7 @@ from ..errors import SegauditError
 from ..fl import trainable_params
 from ..leakage import gate_update
 from ..leakage.report import GateResult
-from ..types import CLIENT_MODES, ClientUpdate, UpdateMeta
+from ..types import ClientProtocol, ClientUpdate, UpdateMeta
 from .gating import blocked_reason, check_gate_arguments, require_extra
 
 require_extra("nvflare", "nvflare")  # before nvflare is imported: one line instead of an ImportError
@@ -59,8 +58,7 @@ class LeakageGateFilter(DXOFilter):
                  batch_size: int | None = None, lr: float = 0.01, local_steps: int = 1, client_mode: str = "train"):
         super().__init__(supported_data_kinds=[DataKind.WEIGHT_DIFF], data_kinds_to_filter=[DataKind.WEIGHT_DIFF])
         check_gate_arguments(size, threshold, action)
-        if client_mode not in CLIENT_MODES:
-            raise SegauditError(f"client mode must be 'train' or 'eval', got {client_mode!r}")
+        ClientProtocol(client_mode=client_mode)  # checks the client mode
         self.model, self.size, self.threshold, self.action = model, size, threshold, action
         self.defaults = {"batch_size": batch_size, "lr": lr, "local_steps": local_steps, "client_mode": client_mode}
         self.last: GateResult | None = None
@@ -92,8 +90,7 @@ class LeakageGateFilter(DXOFilter):
                                                 train_mode=meta["client_mode"] == "train"), shared)
 
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO | None:
-        self.last = gate_update(copy.deepcopy(self.model), self.update_of(dxo), threshold=self.threshold,
-                                size=self.size)
+        self.last = gate_update(self.model, self.update_of(dxo), threshold=self.threshold, size=self.size)
         blocked = self.last.above and self.action == "block"
         dxo.set_meta_prop(RISK_KEY, float(self.last.risk))
         dxo.set_meta_prop(BLOCKED_KEY, int(blocked))
