@@ -8,7 +8,7 @@ from typing import Literal
 from torch import nn
 
 from .catalog import ARCH_BY_SMP_CLASS, MONAI_ARCHS
-from .monai_nets import monai_group
+from .monai_nets import NESTED_UNETS, nested_unet_group
 from .spec import model_task, unwrap
 
 GroupKind = Literal["encoder", "decoder", "skip", "head", "other"]
@@ -101,6 +101,30 @@ _DECODER_RULES: dict[str, tuple[_Rule, ...]] = {
 }
 
 
+# MONAI networks other than the nested U-Nets (whose levels monai_nets.nested_unet_group reads): every group by rule.
+_MONAI_RULES: dict[str, tuple[_Rule, ...]] = {
+    "monai.basicunet": (_Rule(r"conv_0|down_\d+", "encoder"), _Rule(r"upcat_\d+", "decoder"),
+                        _Rule(r"final_conv", "head")),
+    "monai.segresnet": (_Rule(r"convInit|down_layers\.\d+", "encoder"),
+                        _Rule(r"up_samples\.\d+|up_layers\.\d+", "decoder"), _Rule(r"conv_final", "head")),
+    # SwinUNETR: the transformer is the encoder; encoder1..4 are conv blocks on the input and on the transformer's
+    # stage outputs that reach the decoder only through its skips; encoder10 processes the deepest map.
+    "monai.swinunetr": (_Rule(r"swinViT\.(?:patch_embed|layers\d+)", "encoder"), _Rule(r"encoder10", "decoder"),
+                        _Rule(r"encoder\d+", "skip"), _Rule(r"decoder\d+", "decoder"), _Rule(r"out", "head")),
+}
+
+
+def _monai_group(arch: str, param: str) -> tuple[str, GroupKind]:
+    """``(group name, kind)`` of parameter ``param`` of a MONAI network built as ``arch``."""
+    if arch in NESTED_UNETS:
+        return nested_unet_group(arch, param)
+    for rule in _MONAI_RULES[arch]:
+        group = rule.match(param)
+        if group is not None:
+            return group, rule.kind
+    return param.rsplit(".", 1)[0], "other"
+
+
 def _decoder_rules(arch: str | None, model: nn.Module) -> tuple[_Rule, ...]:
     rules = _DECODER_RULES.get(arch or "", ())
     if arch == "upernet":  # the last feature norm feeds the PSP module on the deepest map
@@ -176,7 +200,8 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
           Unet concatenates them into the input of ``decoder.blocks.i.conv1`` (the skip path can be
           scored by slicing that conv's input channels), Linknet adds them.
         * ``segmentation_head`` / ``classification_head``: kind ``"head"``.
-        * MONAI networks (:func:`segaudit.models.monai_nets.monai_group`): one group per level of down blocks
+        * MONAI networks (``_MONAI_RULES``; :func:`segaudit.models.monai_nets.nested_unet_group` for UNet and
+          AttentionUnet): one group per level of down blocks
           (encoder), up blocks (decoder) and the output block (head); the attention gates' ``W_x`` of
           ``monai.attentionunet`` and ``encoder1..4`` of ``monai.swinunetr`` process skip features (skip).
         * Anything else: grouped by module path, kind by top-level name (``"other"`` if unknown); a
@@ -198,8 +223,7 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
     order = {name: i for i, (name, _) in enumerate(inner.named_parameters())}
     arch = _arch_of(inner)
     if arch in MONAI_ARCHS:
-        groups = {param: monai_group(arch, param) for param in order}
-        return _collect({param: (name, kind) for param, (kind, name) in groups.items()}, order, prefix)
+        return _collect({param: _monai_group(arch, param) for param in order}, order, prefix)
     assigned: dict[str, tuple[str, GroupKind]] = {}
     task = model_task(inner)
     segmentation = task == "segmentation"

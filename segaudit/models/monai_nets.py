@@ -70,8 +70,12 @@ def monai_stride(arch: str, options: dict[str, Any]) -> int:
 _LEVELS = r"model\.((?:1\.submodule\.)*)"
 
 
-def _nested_unet_group(arch: str, param: str) -> tuple[str, str]:
-    """UNet: level ``d`` is ``model.(1.submodule.)^d`` + ``0`` (down block) / ``2`` (up block). AttentionUnet: its
+NESTED_UNETS = ("monai.unet", "monai.attentionunet")
+
+
+def nested_unet_group(arch: str, param: str) -> tuple[str, str]:
+    """``(group name, kind)`` of parameter ``param`` of a network of :data:`NESTED_UNETS`. UNet: level ``d`` is
+    ``model.(1.submodule.)^d`` + ``0`` (down block) / ``2`` (up block). AttentionUnet: its
     ``1.attention``/``1.upconv``/``1.merge`` decode the level, and the attention gate's ``W_x`` reads the skip."""
     level = re.match(_LEVELS, param)
     path, rest = level.group(0), param[level.end():]
@@ -79,30 +83,8 @@ def _nested_unet_group(arch: str, param: str) -> tuple[str, str]:
     if block:
         top = level.group(1) == ""
         kind = "head" if block.group(0) == "2" and top else ("encoder" if block.group(0) == "0" else "decoder")
-        return kind, path + block.group(0)
+        return path + block.group(0), kind
     if arch == "monai.attentionunet" and re.match(r"1\.(?:attention|upconv|merge)\.", rest):
         gate = re.match(r"1\.attention\.W_x(?=\.)", rest)
-        return ("skip", path + gate.group(0)) if gate else ("decoder", path + "1")
-    return "encoder", path.rstrip(".")  # the bottom block
-
-
-_NAMED_RULES: dict[str, tuple[tuple[str, str], ...]] = {
-    "monai.basicunet": ((r"conv_0|down_\d+", "encoder"), (r"upcat_\d+", "decoder"), (r"final_conv", "head")),
-    "monai.segresnet": ((r"convInit|down_layers\.\d+", "encoder"), (r"up_samples\.\d+|up_layers\.\d+", "decoder"),
-                        (r"conv_final", "head")),
-    # SwinUNETR: the transformer is the encoder; encoder1..4 are conv blocks on the input and on the transformer's
-    # stage outputs that reach the decoder only through its skips; encoder10 processes the deepest map.
-    "monai.swinunetr": ((r"swinViT\.(?:patch_embed|layers\d+)", "encoder"), (r"encoder10", "decoder"),
-                        (r"encoder\d+", "skip"), (r"decoder\d+", "decoder"), (r"out", "head")),
-}
-
-
-def monai_group(arch: str, param: str) -> tuple[str, str]:
-    """``(kind, group name)`` of parameter ``param`` of a MONAI network built as ``arch``."""
-    if arch in ("monai.unet", "monai.attentionunet"):
-        return _nested_unet_group(arch, param)
-    for pattern, kind in _NAMED_RULES[arch]:
-        found = re.match(rf"(?:{pattern})(?=\.)", param)
-        if found:
-            return kind, found.group(0)
-    return "other", param.rsplit(".", 1)[0]
+        return (path + gate.group(0), "skip") if gate else (path + "1", "decoder")
+    return path.rstrip("."), "encoder"  # the bottom block
